@@ -1,0 +1,143 @@
+"""The LightningModule every strategy shares: backbone + new head, named stage groups, metrics.
+
+A strategy only says *which stages train from which epoch* (``unfreeze_epochs``) and
+*at which base rate* (``stage_lrs``); the FineTuning callback applies that schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from tlexp.callbacks.finetuning import BN_POLICIES, FineTuning
+from tlexp.errors import ConfigError
+from tlexp.heads import build_head
+from tlexp.schedules import StageLR, make_schedule
+from tlexp.stages import HEAD, Stage, split_stages
+
+
+class TransferModule(L.LightningModule):
+    """Backbone and head trained per stage; subclasses define the freeze schedule and the rates."""
+
+    uses_pretrained_weights = True
+    """Scratch sets this to False: the entry point then builds the backbone without weights."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        optimizer: Callable = partial(torch.optim.AdamW, weight_decay=0.01),
+        lr_head: float = 1e-3,
+        lr_backbone: float = 1e-4,
+        lr_decay: float = 1.0,
+        schedule: str = "warmup_cosine",
+        warmup_fraction: float = 0.1,
+        head: str = "linear",
+        head_hidden: int = 256,
+        head_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        bn_policy: str = "frozen",
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
+        for key, value in (("strategy.lr_head", lr_head), ("strategy.lr_backbone", lr_backbone)):
+            if not value > 0:
+                raise ConfigError(key, value, "a learning rate > 0")
+        if not 0 < lr_decay <= 1:
+            raise ConfigError("strategy.lr_decay", lr_decay, "a factor in (0, 1]")
+        if bn_policy not in BN_POLICIES:
+            raise ConfigError("strategy.bn_policy", bn_policy, ", ".join(BN_POLICIES))
+        self.backbone = backbone
+        self.head = build_head(head, backbone.num_features, num_classes, head_hidden, head_dropout)
+        self.stages: list[Stage] = split_stages(backbone, self.head)
+        self.optimizer_factory = optimizer
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    # --- what a strategy decides -------------------------------------------------------
+    @property
+    def backbone_stages(self) -> list[Stage]:
+        return [stage for stage in self.stages if stage.name != HEAD]
+
+    def unfreeze_epochs(self) -> dict[str, int | None]:
+        """Epoch from which each stage trains (None: never). Default: everything from the start."""
+        return {stage.name: 0 for stage in self.stages}
+
+    def stage_lrs(self) -> dict[str, float]:
+        """Base rate per stage: the head at ``lr_head``; backbone stages at ``lr_backbone``,
+        multiplied by ``lr_decay`` once per stage below the top backbone stage."""
+        rates = {HEAD: self.hparams.lr_head}
+        for depth, stage in enumerate(reversed(self.backbone_stages)):
+            rates[stage.name] = self.hparams.lr_backbone * self.hparams.lr_decay**depth
+        return rates
+
+    def frozen_depth(self) -> int:
+        """How many backbone stages, counted from the input, are frozen at the first epoch."""
+        start = self.unfreeze_epochs()
+        depth = 0
+        for stage in self.backbone_stages:
+            if start[stage.name] == 0:
+                break
+            depth += 1
+        return depth
+
+    def trainable_params(self, epoch: int = 0) -> int:
+        start = self.unfreeze_epochs()
+        return sum(s.numel for s in self.stages if start[s.name] is not None and start[s.name] <= epoch)
+
+    # --- Lightning -----------------------------------------------------------------------
+    def configure_callbacks(self):
+        return [FineTuning(bn_policy=self.hparams.bn_policy)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def _step(self, batch, accuracy: MulticlassAccuracy, split: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        accuracy(logits, labels)
+        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_acc, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_acc, "val")
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, self.test_acc, "test")
+
+    def param_groups(self) -> list[dict]:
+        """Two groups per stage, built once: ``<stage>`` (weights, with decay) and
+        ``<stage>/no_decay`` (norm and bias parameters, no weight decay)."""
+        rates = self.stage_lrs()
+        groups = []
+        for stage in self.stages:
+            decay = [p for p in stage.params if p.ndim > 1]
+            no_decay = [p for p in stage.params if p.ndim <= 1]
+            for suffix, params, extra in (("", decay, {}), ("/no_decay", no_decay, {"weight_decay": 0.0})):
+                if params:
+                    groups.append({"params": params, "name": stage.name + suffix, "stage": stage.name, "lr": rates[stage.name], **extra})
+        return groups
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.param_groups())
+        schedule = make_schedule(self.hparams.schedule, int(self.trainer.estimated_stepping_batches), self.hparams.warmup_fraction)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": StageLR(optimizer, schedule), "interval": "step"}}

@@ -1,0 +1,100 @@
+"""Learning-rate schedules: small pure functions of training progress, and one scheduler that applies them.
+
+Every schedule steps per batch. ``StageLR`` multiplies each parameter group's base rate
+(its stage's discriminative rate) by the schedule, and gives frozen groups a rate of 0, so
+freezing and unfreezing never add, remove or rebuild groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch.optim.lr_scheduler import LambdaLR
+
+from tlexp.errors import ConfigError
+
+
+@dataclass
+class WarmupCosine:
+    """Linear warmup from 0 over ``warmup_fraction`` of the steps, then cosine decay to 0."""
+
+    total_steps: int
+    warmup_fraction: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        warmup = max(1, round(self.warmup_fraction * self.total_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class OneCycle:
+    """Cosine rise from 1/25 of the peak over ``warmup_fraction`` of the steps, then cosine fall to ~0."""
+
+    total_steps: int
+    warmup_fraction: float = 0.3
+
+    def __call__(self, step: int) -> float:
+        start, end = 1 / 25, 1 / 1e4
+        peak = max(1, round(self.warmup_fraction * self.total_steps))
+        if step < peak:
+            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * step / peak))
+        progress = min(1.0, (step - peak) / max(1, self.total_steps - peak))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class SlantedTriangular:
+    """ULMFiT's slanted triangular rate: a short linear rise, a long linear fall to 1/ratio."""
+
+    total_steps: int
+    warmup_fraction: float = 0.1
+    ratio: float = 32.0
+
+    def __call__(self, step: int) -> float:
+        cut = max(1, math.floor(self.total_steps * self.warmup_fraction))
+        p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / self.warmup_fraction - 1))
+        return (1 + max(0.0, p) * (self.ratio - 1)) / self.ratio
+
+
+@dataclass
+class Constant:
+    """No schedule: every group stays at its base rate."""
+
+    total_steps: int
+    warmup_fraction: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return 1.0
+
+
+SCHEDULES = {"warmup_cosine": WarmupCosine, "one_cycle": OneCycle, "slanted_triangular": SlantedTriangular, "constant": Constant}
+
+
+def make_schedule(name: str, total_steps: int, warmup_fraction: float):
+    if name not in SCHEDULES:
+        raise ConfigError("strategy.schedule", name, ", ".join(SCHEDULES))
+    return SCHEDULES[name](total_steps=total_steps, warmup_fraction=warmup_fraction)
+
+
+class StageLR(LambdaLR):
+    """LambdaLR over all groups with one schedule, where a group marked ``frozen`` gets rate 0."""
+
+    def __init__(self, optimizer, schedule, last_epoch: int = -1):
+        super().__init__(optimizer, schedule, last_epoch)
+
+    def _rates(self) -> list[float]:
+        factor = self.lr_lambdas[0](self.last_epoch)
+        return [0.0 if group.get("frozen") else base * factor for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
+
+    def get_lr(self) -> list[float]:
+        return self._rates()
+
+    def refresh(self) -> None:
+        """Re-apply the current rates after groups were frozen or unfrozen, without stepping."""
+        for group, rate in zip(self.optimizer.param_groups, self._rates()):
+            group["lr"] = rate
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -1,0 +1,163 @@
+"""The training task: compose objects from the config, fit, test the best checkpoint, record the result.
+
+``train.py`` at the repository root and the ``tlexp-train`` console script both call ``main``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import timm
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from tlexp.backbone import create_backbone
+from tlexp.callbacks import EpochSeeder, EpochTimer
+from tlexp.errors import ConfigError
+from tlexp.loggers import build_loggers, finish_wandb
+from tlexp.results import write_result
+
+log = logging.getLogger("tlexp")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject bad numbers before anything heavy is built; each error names the key."""
+    fraction = cfg.data.get("fraction")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+    for key in ("lr_head", "lr_backbone"):
+        value = cfg.strategy.get(key)
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"strategy.{key}", value, "a learning rate > 0")
+    epochs = cfg.trainer.get("max_epochs")
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ConfigError("trainer.max_epochs", epochs, "an integer >= 1")
+
+
+def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
+    """(run name from the overrides, W&B group, whether this job is part of a multirun)."""
+    if not HydraConfig.initialized():
+        return cfg.strategy._target_.rsplit(".", 1)[-1].lower(), cfg.get("group"), False
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    name = hydra_cfg.job.override_dirname or hydra_cfg.runtime.choices.get("strategy", "run")
+    group = cfg.get("group") or (Path(hydra_cfg.sweep.dir).name if multirun else None)
+    return name, group, multirun
+
+
+def build(cfg: DictConfig):
+    """Backbone -> data (preprocessing from the backbone) -> strategy module."""
+    strategy_class = hydra.utils.get_class(cfg.strategy._target_)
+    backbone = create_backbone(cfg.model.name, pretrained=cfg.model.pretrained and strategy_class.uses_pretrained_weights,
+                               weights=cfg.model.weights if strategy_class.uses_pretrained_weights else None,
+                               **cfg.model.get("kwargs", {}))
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
+    datamodule.setup("fit")
+    module = hydra.utils.instantiate(cfg.strategy, backbone=backbone, num_classes=datamodule.num_classes)
+    return datamodule, module
+
+
+def derived_values(datamodule, module) -> dict:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = module.trainable_params(epoch=0)
+    return {
+        "params_total": total, "params_trainable": trainable, "params_frozen": total - trainable,
+        "frozen_depth": module.frozen_depth(), "num_stages": len(module.backbone_stages),
+        "stages": [s.name for s in module.stages], "unfreeze_epochs": module.unfreeze_epochs(),
+        "stage_lrs": module.stage_lrs(), "num_classes": datamodule.num_classes,
+        "train_size": len(datamodule.train_set), "val_size": len(datamodule.val_set), "test_size": len(datamodule.test_set),
+    }
+
+
+def run(cfg: DictConfig, output_dir: str, record: dict) -> dict:
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build(cfg)
+    derived = derived_values(datamodule, module)
+    record.update(derived)
+    name, group, _ = job_identity(cfg)
+    strategy = cfg.strategy._target_.rsplit(".", 1)[-1].lower()
+    tags = [strategy, f"fraction={cfg.data.fraction}", *cfg.get("tags", [])]
+    loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
+    callbacks += [EpochSeeder(cfg.seed), EpochTimer()]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    hparams = {**OmegaConf.to_container(cfg, resolve=True), "derived": derived}
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hparams)
+    started = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    record["fit_seconds"] = time.perf_counter() - started
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    record["val_acc_final"] = metrics.get("val/acc")
+    record["val_acc_best"] = metrics.get("val/acc_best")
+    record["params_trainable_end"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    if cfg.get("test", True):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+        metrics.update({k: float(v) for k, v in test_metrics.items()})
+        record["test_acc"] = metrics.get("test/acc")
+        record["best_checkpoint"] = best
+    for logger in trainer.loggers:
+        logger.log_metrics({f"summary/{k}": v for k, v in derived.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+@rank_zero_only
+def report(record: dict, output_dir: str) -> None:
+    write_result(output_dir, record)
+    if record["status"] == "completed":
+        test = record.get("test_acc")
+        print(f"\ntlexp: {record['strategy']} finished: test/acc={test:.4f}" if test is not None else "\ntlexp: finished",
+              f"| trainable params {record['params_trainable']:,} of {record['params_total']:,}"
+              f" (frozen depth {record['frozen_depth']}/{record['num_stages']})"
+              f" | {record['wall_seconds']:.0f} s | results in {output_dir}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    output_dir = cfg.paths.output_dir
+    _, _, multirun = job_identity(cfg)
+    record = {
+        "status": "running", "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "strategy": cfg.strategy._target_.rsplit(".", 1)[-1].lower(), "model": cfg.model.name,
+        "data": cfg.data._target_.rsplit(".", 1)[-1], "fraction": cfg.data.get("fraction"), "seed": cfg.seed,
+        "lr_head": cfg.strategy.get("lr_head"), "lr_backbone": cfg.strategy.get("lr_backbone"),
+        "lr_decay": cfg.strategy.get("lr_decay"), "max_epochs": cfg.trainer.get("max_epochs"),
+    }
+    started = time.perf_counter()
+    try:
+        metrics = run(cfg, output_dir, record)
+        record["status"] = "completed"
+    except ConfigError as error:
+        record.update(status="failed", error=f"config error: {error}")
+        log.error("config error: %s", error)
+    except Exception as error:  # a failed job is recorded; the sweep goes on
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        log.exception("job failed")
+    finally:
+        record["wall_seconds"] = time.perf_counter() - started
+        finish_wandb(0 if record["status"] == "completed" else 1)
+        report(record, output_dir)
+    if record["status"] == "completed":
+        value = metrics.get(cfg.get("optimized_metric"))
+        return value
+    if multirun:
+        return float("nan")
+    print(f"tlexp: error: {record['error']}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
