@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 import timm
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -21,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from tlexp.backbone import create_backbone
 from tlexp.callbacks import EpochSeeder, EpochTimer
 from tlexp.errors import ConfigError
+from tlexp.feature_cache import check_setting as check_cache_setting
+from tlexp.feature_cache import resolve as resolve_cache
 from tlexp.loggers import build_loggers, finish_wandb
-from tlexp.results import write_result
+from tlexp.results import read_result, write_result
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -30,6 +33,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 def check_config(cfg: DictConfig) -> None:
     """Reject bad numbers before anything heavy is built; each error names the key."""
+    missing = sorted(OmegaConf.missing_keys(cfg))  # '???' in conf/, e.g. data.root of data=image_folder
+    if missing:
+        raise ConfigError(missing[0], "???", "a value; this key is required and has no default")
     fraction = cfg.data.get("fraction")
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
@@ -40,6 +46,11 @@ def check_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.get("max_epochs")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigError("trainer.max_epochs", epochs, "an integer >= 1")
+    if "cache_features" in cfg.strategy:  # refused before any model or data is loaded
+        cache = cfg.strategy.cache_features
+        check_cache_setting(cache)
+        if cache is True:
+            resolve_cache(True, cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment", False)))
 
 
 def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
@@ -53,16 +64,27 @@ def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
     return name, group, multirun
 
 
+def instantiate(node, **kwargs):
+    """``hydra.utils.instantiate``, but a ConfigError raised by the target comes out as itself, not
+    wrapped in Hydra's InstantiationException, so ``main`` reports it as one clear line."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+
+
 def build(cfg: DictConfig):
     """Backbone -> data (preprocessing from the backbone) -> strategy module."""
     strategy_class = hydra.utils.get_class(cfg.strategy._target_)
     backbone = create_backbone(cfg.model.name, pretrained=cfg.model.pretrained and strategy_class.uses_pretrained_weights,
                                weights=cfg.model.weights if strategy_class.uses_pretrained_weights else None,
                                **cfg.model.get("kwargs", {}))
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
     datamodule.setup("fit")
-    module = hydra.utils.instantiate(cfg.strategy, backbone=backbone, num_classes=datamodule.num_classes)
+    module = instantiate(cfg.strategy, backbone=backbone, num_classes=datamodule.num_classes)
     return datamodule, module
 
 
@@ -128,18 +150,24 @@ def report(record: dict, output_dir: str) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     output_dir = cfg.paths.output_dir
-    _, _, multirun = job_identity(cfg)
+    _, group, multirun = job_identity(cfg)
+    previous = read_result(output_dir)
+    if multirun and previous and previous.get("status") == "completed":
+        log.info("skipping %s: already completed (%s)", output_dir, previous.get("test_acc"))
+        return previous.get("metrics", {}).get(cfg.get("optimized_metric"))
     record = {
         "status": "running", "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "strategy": cfg.strategy._target_.rsplit(".", 1)[-1].lower(), "model": cfg.model.name,
         "data": cfg.data._target_.rsplit(".", 1)[-1], "fraction": cfg.data.get("fraction"), "seed": cfg.seed,
         "lr_head": cfg.strategy.get("lr_head"), "lr_backbone": cfg.strategy.get("lr_backbone"),
         "lr_decay": cfg.strategy.get("lr_decay"), "max_epochs": cfg.trainer.get("max_epochs"),
+        "weight_decay": cfg.strategy.get("optimizer", {}).get("weight_decay"), "group": group,
+        "tags": list(cfg.get("tags", [])),
     }
     started = time.perf_counter()
     try:
         metrics = run(cfg, output_dir, record)
-        record["status"] = "completed"
+        record.update(status="completed", metrics=metrics)
     except ConfigError as error:
         record.update(status="failed", error=f"config error: {error}")
         log.error("config error: %s", error)
@@ -153,8 +181,8 @@ def main(cfg: DictConfig) -> float | None:
     if record["status"] == "completed":
         value = metrics.get(cfg.get("optimized_metric"))
         return value
-    if multirun:
-        return float("nan")
+    if multirun:  # recorded in result.json; the sweep goes on. None, not NaN: hydra-optuna-sweeper
+        return None  # marks a None trial failed and continues, while optuna 2.x's tell() raises on NaN
     print(f"tlexp: error: {record['error']}", file=sys.stderr)
     sys.exit(1)
 

@@ -64,10 +64,11 @@ class FineTuning(Callback):
                 config.scheduler.refresh()
 
     def apply_bn_policy(self, pl_module) -> None:
+        """BN of trainable stages in train mode (also once a stage is unfrozen), frozen stages per policy."""
         for stage in pl_module.stages:
-            if stage.name not in self.unfrozen:
-                for bn in stage.batchnorms:
-                    bn.train(self.bn_policy != "frozen")
+            mode = stage.name in self.unfrozen or self.bn_policy != "frozen"
+            for bn in stage.batchnorms:
+                bn.train(mode)
 
     # --- hooks -----------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):
