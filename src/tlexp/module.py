@@ -106,7 +106,8 @@ class TransferModule(L.LightningModule):
         logits = self(images)
         loss = self.criterion(logits, labels)
         accuracy(logits, labels)
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 sync_dist=split != "train")
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 

@@ -3,7 +3,10 @@ its rates or its initialisation; everything else lives in ``TransferModule``."""
 
 from __future__ import annotations
 
+import torch
+
 from tlexp.errors import ConfigError
+from tlexp.feature_cache import FeatureCache, check_setting, resolve
 from tlexp.module import TransferModule
 from tlexp.stages import HEAD
 
@@ -23,10 +26,30 @@ class Discriminative(TransferModule):
 
 
 class Frozen(TransferModule):
-    """Feature extraction / linear probe: only the new head trains."""
+    """Feature extraction / linear probe: only the new head trains.
+
+    ``cache_features`` (auto | true | false): compute the backbone's features once and train
+    the head on them (see ``tlexp.feature_cache``), stored under ``cache_dir`` (None: memory).
+    """
+
+    def __init__(self, *args, cache_features: bool | str = "auto", cache_dir: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_setting(cache_features)
+        if cache_features is True:  # refuse early what the module alone can tell (augmentation: at setup)
+            resolve(True, self.hparams.bn_policy, augment=False, backbone=self.backbone)
+        self.hparams.cache_features = cache_features
+        self.hparams.cache_dir = cache_dir
 
     def unfreeze_epochs(self):
         return {stage.name: 0 if stage.name == HEAD else None for stage in self.stages}
+
+    def configure_callbacks(self):
+        return [*super().configure_callbacks(),
+                FeatureCache(self.hparams.cache_features, self.hparams.cache_dir, self.hparams.bn_policy)]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Images (N x C x H x W) through backbone and head; cached features (N x F) through the head."""
+        return self.head(inputs) if inputs.ndim == 2 else super().forward(inputs)
 
 
 class Partial(TransferModule):

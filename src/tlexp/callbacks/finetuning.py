@@ -87,6 +87,8 @@ class FineTuning(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.apply_bn_policy(pl_module)
+        if not trainer._logger_connector.should_update_logs:  # as LearningRateMonitor: a log call costs ~1 ms
+            return
         rates = {}
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:

@@ -1,0 +1,9 @@
+"""LightningDataModules: one per data source, all on ``TransferDataModule``."""
+
+from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.digits import Digits
+from tlexp.data.fashion_mnist import FashionMNIST
+from tlexp.data.image_folder import ImageFolder
+from tlexp.data.synthetic import Synthetic
+
+__all__ = ["Split", "TransferDataModule", "Digits", "FashionMNIST", "ImageFolder", "Synthetic"]

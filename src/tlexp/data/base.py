@@ -1,0 +1,145 @@
+"""The base LightningDataModule: fixed validation carve, seeded stratified fraction, model-driven preprocessing.
+
+Subclasses only say where the images come from (``load``). Preprocessing follows the
+backbone's timm data config (mean, std, interpolation); only the image size is ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
+from tlexp.data.subset import stratified_fraction, stratified_split
+from tlexp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """Labels plus either an in-memory uint8 image array or a list of image files."""
+
+    labels: np.ndarray
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+
+    def take(self, indices: np.ndarray) -> Split:
+        return Split(self.labels[indices], None if self.images is None else self.images[indices],
+                     None if self.paths is None else [self.paths[i] for i in indices])
+
+
+class TransferDataModule(L.LightningDataModule):
+    def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
+                 batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
+                 output_dir: str | None = None, test_limit: int | None = None):
+        super().__init__()
+        if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+            raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+        if not (isinstance(image_size, int) and image_size >= 8):
+            raise ConfigError("data.image_size", image_size, "an integer >= 8 (pixels)")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ConfigError("data.batch_size", batch_size, "an integer >= 1")
+        if not (test_limit is None or (isinstance(test_limit, int) and test_limit >= 1)):
+            raise ConfigError("data.test_limit", test_limit, "null (the whole test split) or an integer >= 1")
+        self.test_limit = test_limit
+        self.fraction, self.val_size, self.image_size, self.augment = fraction, val_size, image_size, augment
+        self.batch_size, self.num_workers, self.seed, self.split_seed = batch_size, num_workers, seed, split_seed
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.mean = self.std = None
+        self.interpolation = "bilinear"
+        self.classes: list[str] = []
+        self.train_set = self.val_set = self.test_set = None
+        self.indices: dict = {}
+
+    # --- what a subclass provides ---------------------------------------------------------
+    def load(self) -> tuple[Split, Split | None, Split | None, list[str]]:
+        """(train, val or None to carve it from train, test or None to test on val, class names)."""
+        raise NotImplementedError
+
+    # --- preprocessing from the model ----------------------------------------------------------
+    def configure_preprocessing(self, data_config: dict) -> None:
+        """Take mean, std and interpolation from ``timm.data.resolve_model_data_config``."""
+        self.mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
+        self.interpolation = data_config.get("interpolation", "bilinear")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> float, 3 channels, normalised with the backbone's own statistics."""
+        images = images.float().div_(255)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        images, labels = batch
+        if images.ndim == 2:  # cached backbone features (tlexp.feature_cache), not images
+            return batch
+        return self.normalize(images), labels
+
+    # --- splits ---------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.mean is None:
+            raise RuntimeError("call configure_preprocessing(data_config) before setup()")
+        train, val, test, self.classes = self.load()
+        train_pool = np.arange(len(train.labels))
+        if val is None:
+            train_pool, val_idx = stratified_split(train.labels, self.val_size, self.split_seed)
+            val = train.take(val_idx)
+            self.indices["val"] = val_idx.tolist()
+        if test is None:
+            log.warning("no test split: test metrics are computed on the validation split")
+            test = val
+        if self.test_limit is not None and self.test_limit < len(test.labels):  # a fixed, stratified test subset
+            test_idx = stratified_fraction(test.labels, self.test_limit / len(test.labels), self.split_seed)
+            test = test.take(test_idx)
+            self.indices["test"] = test_idx.tolist()
+        chosen = train_pool[stratified_fraction(train.labels[train_pool], self.fraction, self.seed)]
+        self.indices.update(train=chosen.tolist(), fraction=self.fraction, seed=self.seed, split_seed=self.split_seed)
+        self.train_set = self._dataset(train.take(chosen), self.augment)
+        self.val_set = self._dataset(val, False)
+        self.test_set = self._dataset(test, False)
+        self.save_indices()
+
+    def save_indices(self) -> None:
+        if self.output_dir is None or (self.trainer is not None and not self.trainer.is_global_zero):
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "subset_indices.json").write_text(json.dumps(self.indices))
+
+    def _dataset(self, split: Split, augment: bool):
+        if split.images is not None:
+            images = resize_uint8(to_nchw(split.images), self.image_size, self.interpolation)
+            return TensorImages(images, split.labels, augment)
+        return FileImages(split.paths, split.labels, self.image_size, self.interpolation, augment)
+
+    # --- loaders ----------------------------------------------------------------------------------
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        """Each epoch's order is a function of (seed, epoch), also for every DDP rank."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

@@ -1,0 +1,77 @@
+"""Image datasets that yield uint8 CxSxS tensors; normalisation happens per batch (see ``base``).
+
+In-memory sources are resized once (the transform is deterministic without augmentation),
+so an epoch costs no per-image resizing; augmentation adds random crops and flips per item.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
+
+
+def augmentation(size: int) -> v2.Compose:
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+
+
+def resize_uint8(images: torch.Tensor, size: int, interpolation: str, chunk: int = 2048) -> torch.Tensor:
+    """Resize a uint8 NxCxHxW tensor to SxS with the model's interpolation, in chunks."""
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    mode = INTERPOLATIONS.get(interpolation, "bilinear")
+    out = torch.empty((len(images), images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].float()
+        resized = F.interpolate(block, size=(size, size), mode=mode, antialias=mode != "nearest",
+                                **({} if mode == "nearest" else {"align_corners": False}))
+        out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def to_nchw(array: np.ndarray) -> torch.Tensor:
+    """NxHxW (grayscale) or NxHxWxC uint8 array -> NxCxHxW tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor, already at the training size."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, augment: bool = False):
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = augmentation(images.shape[-1]) if augment else None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+class FileImages(Dataset):
+    """Image files decoded per item: RGB, resized on the short side and centre-cropped (or augmented)."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray, size: int, interpolation: str, augment: bool = False):
+        self.paths = paths
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        mode = getattr(v2.InterpolationMode, INTERPOLATIONS.get(interpolation, "bilinear").upper())
+        self.transform = v2.Compose([v2.Resize(size, interpolation=mode, antialias=True), v2.CenterCrop(size)]
+                                    + ([augmentation(size)] if augment else []))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        with Image.open(self.paths[index]) as image:
+            tensor = v2.functional.pil_to_tensor(image.convert("RGB"))
+        return self.transform(tensor), self.labels[index]

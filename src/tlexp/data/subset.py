@@ -1,0 +1,44 @@
+"""Seeded, stratified index selection: the fixed validation carve and the training fraction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlexp.errors import ConfigError
+
+
+def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified ``fraction`` of ``labels`` (at least one per class), sorted.
+
+    Each class is permuted by the seed and its prefix taken, so for one seed a smaller
+    fraction is always a subset of a larger one.
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        count = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.permutation(members)[:count])
+    return np.sort(np.concatenate(chosen))
+
+
+def stratified_split(labels: np.ndarray, size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out) indices: ``size`` examples (an int) or a share (a float < 1), stratified."""
+    n = len(labels)
+    count = int(size) if size >= 1 else int(round(size * n))
+    classes, sizes = np.unique(labels, return_counts=True)
+    if not (len(classes) <= count < n):
+        raise ConfigError("data.val_size", size, f"between {len(classes)} (one per class) and {n - 1} examples, or a share in (0, 1)")
+    # exactly ``count`` held out: per-class quotas by largest remainder, at least one per class
+    quota = count * sizes / n
+    take = np.clip(np.floor(quota), 1, sizes).astype(int)
+    while take.sum() < count:
+        take[np.argmax(np.where(take < sizes, quota - take, -np.inf))] += 1
+    while take.sum() > count:
+        take[np.argmax(np.where(take > 1, take - quota, -np.inf))] -= 1
+    rng = np.random.default_rng(seed)  # the same draws as stratified_fraction, so exact quotas pick the same examples
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == cls))[:k] for cls, k in zip(classes, take)]))
+    rest = np.setdiff1d(np.arange(n), held)
+    return rest, held

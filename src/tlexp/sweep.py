@@ -1,0 +1,151 @@
+"""The end of a multirun: which jobs completed, which were skipped (done by an earlier run of the same
+sweep), which failed and why; then the report and one W&B summary run of the sweep.
+
+Registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks``. It runs in the process that
+launched the sweep (also with the joblib and submitit launchers) and reads only the job directories,
+so it sees the jobs of every launcher and of every earlier invocation into the same sweep directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from tlexp.report import SUMMARY_FILE, Job, generate, load_jobs, report_figures
+
+log = logging.getLogger("tlexp.sweep")
+
+
+def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> str:
+    """The sweep's W&B group: the one its jobs recorded (train.job_identity), else the config's
+    ``group``, else the sweep directory's name: the same rule the jobs follow."""
+    groups = {job.get("group") for job in jobs if job.get("group")}
+    if len(groups) == 1:
+        return groups.pop()
+    return config.get("group") or sweep_dir.name
+
+
+def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
+    """The sweep_summary.json record: jobs sorted into completed (this invocation), skipped
+    (completed before it started) and failed (with their errors)."""
+    summary: dict[str, Any] = {"sweep_dir": str(sweep_dir), "group": group, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "completed": [], "skipped": [], "failed": []}
+    for job in jobs:
+        entry = {"job": job.name, "strategy": job.get("strategy"), "fraction": job.get("fraction"), "seed": job.get("seed")}
+        if job.completed:
+            entry.update(test_acc=job.test_acc, val_acc_best=job.get("val_acc_best"), wall_seconds=job.get("wall_seconds"))
+            summary["skipped" if job.name in done_before else "completed"].append(entry)
+        else:
+            entry.update(status=job.status, error=job.get("error") or f"status {job.status}")
+            summary["failed"].append(entry)
+    summary["counts"] = {key: len(summary[key]) for key in ("completed", "skipped", "failed")}
+    summary["counts"]["total"] = len(jobs)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    counts = summary["counts"]
+    lines = [f"tlexp sweep {summary['sweep_dir']} (group {summary['group']}): {counts['completed']} completed, "
+             f"{counts['skipped']} skipped (already completed), {counts['failed']} failed, {counts['total']} jobs"]
+    for key in ("completed", "skipped"):
+        for entry in summary[key]:
+            acc = entry.get("test_acc")
+            lines.append(f"  {key:9s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else ""))
+    for entry in summary["failed"]:
+        error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
+        lines.append(f"  failed    {entry['job']}  {error[-1].strip()}")  # the cause: the last line
+    return "\n".join(lines)
+
+
+def _cell(value):
+    """A wandb.Table cell: numbers, text and None as they are; lists and dicts as JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, default=str)
+
+
+def jobs_as_table(jobs: list[Job]):
+    """A wandb.Table of every job's result.json record (nested values as JSON text), one row per job."""
+    import wandb
+
+    columns = ["job"]
+    for job in jobs:
+        columns += [key for key in job.record if key not in columns]
+    rows = [[job.name] + [_cell(job.record.get(key)) for key in columns[1:]] for job in jobs]
+    return wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+
+
+def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: list[Job], summary: dict,
+                    figures: list[Path]) -> str | None:
+    """One W&B run (job_type=summary) in the sweep's group: the jobs table and the report's figures.
+    Offline unless credentials are present (tlexp.loggers.resolve_wandb_mode); never prompts."""
+    import wandb
+
+    from tlexp.loggers import resolve_wandb_mode
+
+    options = dict(logger_cfg.wandb)
+    mode = resolve_wandb_mode(options.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    run = wandb.init(project=options.get("project"), entity=options.get("entity"), group=group, job_type="summary",
+                     name=f"{group}/summary", dir=str(sweep_dir), mode=mode, tags=["sweep-summary"],
+                     config={"sweep_dir": str(sweep_dir), "group": group},
+                     settings=wandb.Settings(init_timeout=60, silent=True))
+    try:
+        payload = {"jobs": jobs_as_table(jobs)}
+        payload.update({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
+        run.log(payload)
+        run.summary.update({f"jobs/{key}": value for key, value in summary["counts"].items()})
+        completed = [job.test_acc for job in jobs if job.completed and job.test_acc is not None]
+        if completed:
+            run.summary["test/acc_best"] = max(completed)
+        return run.dir
+    finally:
+        run.finish()
+
+
+class SweepSummary(Callback):
+    """Hydra callback: on_multirun_end writes ``<sweep dir>/sweep_summary.json`` and prints it, writes the
+    report (tlexp.report) and logs one W&B summary run. Nothing here can fail the sweep."""
+
+    def __init__(self, report: bool = True, wandb: bool = True):
+        self.report = report
+        self.wandb = wandb
+        self.sweep_dir: Path | None = None
+        self.done_before: set[str] = set()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.done_before = {job.name for job in load_jobs(self.sweep_dir) if job.completed} if self.sweep_dir.is_dir() else set()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        jobs = load_jobs(sweep_dir)
+        group = sweep_group(config, sweep_dir, jobs)
+        summary = summarize(sweep_dir, jobs, self.done_before, group)
+        summary_path = sweep_dir / SUMMARY_FILE
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))  # the report reads it
+        figures: list[Path] = []
+        if self.report:
+            try:
+                summary["report"] = str(generate(sweep_dir))
+                figures = report_figures(sweep_dir)
+            except Exception as error:  # a report problem must not hide the summary
+                log.exception("report failed")
+                summary["report_error"] = f"{type(error).__name__}: {error}"
+        logger_cfg = config.get("logger") or {}
+        if self.wandb and "wandb" in logger_cfg:
+            try:
+                summary["wandb_summary_run"] = log_summary_run(logger_cfg, sweep_dir, group, jobs, summary, figures)
+            except Exception as error:
+                log.exception("W&B summary run failed")
+                summary["wandb_error"] = f"{type(error).__name__}: {error}"
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        print("\n" + format_summary(summary) + f"\nsummary: {summary_path}"
+              + (f"\nreport:  {summary['report']}" if "report" in summary else ""), flush=True)

@@ -1,0 +1,169 @@
+"""Shared fixtures: the composed config, train.py as a subprocess, train.py in-process, one strategy sweep.
+
+Everything runs on CPU with ``model=tiny data=synthetic`` (a ~0.1 M parameter timm EfficientNet on
+small generated images), so a train.py subprocess costs ~10-20 s, mostly imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+PYTHON = sys.executable
+
+TINY = ("model=tiny", "data=synthetic", "logger=csv", "trainer.max_epochs=2", "trainer.enable_progress_bar=false")
+"""The overrides every test run starts from; a test's own overrides of the same key replace them."""
+
+STRATEGIES = ("scratch", "frozen", "partial", "full", "gradual", "discriminative")
+SWEEP_FRACTION = 0.5
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*overrides: str, base=TINY) -> list[str]:
+    """``base`` then ``overrides``, where an override replaces a base override of the same key
+    (Hydra refuses two values for one config group, e.g. ``model=tiny model=timm``)."""
+    keys = {override_key(o) for o in overrides}
+    return [o for o in base if override_key(o) not in keys] + list(overrides)
+
+
+def compose_config(*overrides: str, base=TINY):
+    """The real config from conf/, composed with ``base`` + ``overrides`` (no Hydra runtime)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
+        return compose(config_name="config", overrides=merge_overrides(*overrides, base=base))
+
+
+@pytest.fixture(scope="session")
+def base_cfg():
+    return compose_config()
+
+
+@pytest.fixture
+def cfg(base_cfg, tmp_path):
+    """A private copy of the tiny/synthetic config whose run directory is ``tmp_path``."""
+    config = copy.deepcopy(base_cfg)
+    config.paths.output_dir = str(tmp_path)
+    config.paths.data_dir = str(tmp_path / "data")
+    return config
+
+
+def subprocess_env(**changes) -> dict:
+    """The test environment for a child: W&B offline; a value of None removes a variable."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = False, env: dict | None = None,
+              base=TINY, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python train.py <TINY> <overrides> hydra.run.dir=<tmp_path>`` from the repository root.
+
+    ``paths.data_dir`` defaults to ``<tmp_path>/data`` so runs write nothing into the checkout.
+
+    With ``multirun`` the jobs go to ``hydra.sweep.dir=<tmp_path>``. ``env`` changes the child's
+    environment (None removes a variable). stdout and stderr are captured together as text.
+    """
+    tmp_path = Path(tmp_path)
+    args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={tmp_path / 'data'}"))
+    args.append(f"hydra.sweep.dir={tmp_path}" if multirun else f"hydra.run.dir={tmp_path}")
+    command = [PYTHON, "train.py", *(["-m"] if multirun else []), *args]
+    result = subprocess.run(command, cwd=REPO, env=subprocess_env(**(env or {})), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"train.py {' '.join(args)} exited {result.returncode}:\n{result.stdout[-6000:]}")
+    return result
+
+
+@pytest.fixture
+def main_inprocess(monkeypatch):
+    """Call ``tlexp.train.main`` (the Hydra entry point of train.py) in this process.
+
+    Returns ``call(run_dir, *overrides) -> (exit_code, stdout and stderr)``; much faster than a subprocess
+    for tests that fail before training. Monkeypatches made by the test apply. Hydra's logging
+    setup and global state are undone afterwards.
+    """
+    from tlexp.train import main
+
+    def call(run_dir, *overrides: str, base=TINY):
+        root = logging.getLogger()
+        saved_handlers, saved_level = root.handlers[:], root.level
+        args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
+        monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
+        output = io.StringIO()
+        code = 0
+        try:
+            with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
+                main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            for handler in root.handlers[:]:
+                if handler not in saved_handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+            GlobalHydra.instance().clear()
+            HydraConfig.instance().cfg = None
+        return code, output.getvalue()
+
+    return call
+
+
+# --- run-directory helpers ----------------------------------------------------------------------------
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """metrics.csv of a run as a list of rows (empty cells dropped, values as floats)."""
+    with open(Path(run_dir) / "metrics.csv", newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def metric_columns(run_dir) -> list[str]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as handle:
+        return next(csv.reader(handle))
+
+
+@pytest.fixture(scope="session")
+def strategy_sweep(tmp_path_factory):
+    """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
+    tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step.
+
+    Returns (CompletedProcess, {strategy: run dir}).
+    """
+    sweep_dir = tmp_path_factory.mktemp("strategy_sweep")
+    result = run_train(sweep_dir, f"strategy={','.join(STRATEGIES)}", f"data.fraction={SWEEP_FRACTION}",
+                       "trainer.log_every_n_steps=1", "hydra.sweep.subdir=${hydra.job.num}",
+                       multirun=True, check=False)
+    runs = {}
+    for result_file in sweep_dir.glob("*/result.json"):
+        runs[read_json(result_file)["strategy"]] = result_file.parent
+    return result, runs

@@ -1,0 +1,62 @@
+"""Two-process CPU DDP (gloo) through train.py: replicas stay identical through unfreeze
+milestones, and DDP inside a Hydra run or multirun makes no extra directories or W&B runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP = ["model=tiny", "data=synthetic", "strategy=gradual", "trainer=ddp", "trainer.accelerator=cpu",
+       "trainer.devices=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+
+pytestmark = pytest.mark.slow
+
+
+def train(*args, cwd=ROOT, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, timeout=timeout,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+
+
+def epochs_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("ddp/replica_max_abs_diff")]
+
+
+def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train(*DDP, f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path}/data")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = epochs_rows(run_dir)
+    # every epoch compared all parameters and buffers of both ranks; stages were unfrozen on the way
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
+    assert [float(r["stages/unfrozen"]) for r in rows if r.get("stages/unfrozen")] == [1.0, 2.0, 3.0]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    # the second rank re-ran in the same directory: no new timestamped run dirs anywhere
+    assert not (ROOT / "logs" / "train" / "runs").exists() or all(
+        p.stat().st_mtime < run_dir.stat().st_mtime for p in (ROOT / "logs" / "train" / "runs").iterdir())
+
+
+def test_multirun_with_ddp_runs_each_job_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = train("-m", *DDP, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}",
+                 f"paths.data_dir={tmp_path}/data")
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())
+    assert [p.name for p in jobs] == ["data.fraction=0.5", "data.fraction=1.0"]
+    for job in jobs:
+        assert json.loads((job / "result.json").read_text())["status"] == "completed"
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in epochs_rows(job))
+    extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs]
+    assert extra == [], f"unexpected directories in the sweep: {extra}"

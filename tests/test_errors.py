@@ -1,0 +1,120 @@
+"""Bad input: one clear message naming the key and what is accepted, a non-zero exit, and a run
+directory that does not look finished. All of these fail before training starts.
+
+Every case runs through train.py's Hydra entry point in-process (``main_inprocess``: same argv
+parsing, same exit code, monkeypatches apply); a few also run as real ``python train.py``
+subprocesses to prove the process exit status and output.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import tlexp.data.fashion_mnist as fashion_mnist
+from conftest import run_train
+
+STAGES = "['stem', 'blocks.0', 'blocks.1', 'blocks.2', 'blocks.3', 'blocks.4']"  # model=tiny's backbone stages
+
+
+def write_png(path, value: int = 0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 12, 3), value, dtype=np.uint8)).save(path)
+
+
+def image_root(tmp_path, kind: str) -> str:
+    root = tmp_path / f"images_{kind}"
+    if kind == "missing":
+        return str(root)
+    root.mkdir()
+    if kind == "one_class":
+        for i in range(4):
+            write_png(root / "cats" / f"{i}.png", 40 * i)
+        (root / "dogs").mkdir()  # a class folder without images does not count
+    return str(root)
+
+
+def foreign_weights(tmp_path) -> str:
+    """A real timm state dict, of a different architecture than model=tiny."""
+    path = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    return str(path)
+
+
+# id -> (overrides, or a callable tmp_path -> overrides; fragments the error line must contain)
+CASES = {
+    "fraction_zero": (["data.fraction=0"], ["data.fraction=0 ", "accepted: a number in (0, 1]"]),
+    "fraction_above_one": (["data.fraction=1.5"], ["data.fraction=1.5 ", "(0, 1]"]),
+    "frozen_depth_negative": (["strategy=partial", "strategy.frozen_depth=-1"], ["strategy.frozen_depth=-1 ", "[0, 6]", STAGES]),
+    "frozen_depth_too_deep": (["strategy=partial", "strategy.frozen_depth=99"], ["strategy.frozen_depth=99 ", "[0, 6]"]),
+    "lr_head_zero": (["strategy.lr_head=0"], ["strategy.lr_head=0 ", "a learning rate > 0"]),
+    "lr_backbone_negative": (["strategy.lr_backbone=-1"], ["strategy.lr_backbone=-1 ", "a learning rate > 0"]),
+    "max_epochs_zero": (["trainer.max_epochs=0"], ["trainer.max_epochs=0 ", "an integer >= 1"]),
+    "milestone_unknown_stage": (["strategy=gradual", "strategy.milestones={blocks.99:1}"],
+                                ["strategy.milestones='blocks.99'", STAGES]),
+    "milestone_negative_epoch": (["strategy=gradual", "strategy.milestones={blocks.4:-1}"],
+                                 ["strategy.milestones.blocks.4=-1 ", "an epoch number >= 0"]),
+    "image_folder_no_root": (["data=image_folder"], ["data.root='???'", "required"]),
+    "image_folder_missing_root": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'missing')}"],
+                                  ["data.root=", "images_missing", "accepted: a folder with <class>/ subfolders", "does not exist"]),
+    "image_folder_empty_root": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'empty')}"],
+                                ["data.root=", "images_empty", "accepted: a folder with <class>/ subfolders", "no image files"]),
+    "image_folder_one_class": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'one_class')}"],
+                               ["data.root=", "images_one_class", "at least 2 classes"]),
+    "weights_missing_file": (["model.weights=/nonexistent.pth"], ["model.weights='/nonexistent.pth'", "an existing weights file", "not found"]),
+    "weights_other_architecture": (lambda tmp: [f"model.weights={foreign_weights(tmp)}"],
+                                   ["model.weights=", "test_resnet.pth", "a weights file that fits model.name=test_efficientnet"]),
+}
+
+
+def assert_failed_cleanly(code: int, output: str, run_dir, fragments: list[str]):
+    assert code != 0, output
+    errors = [line for line in output.splitlines() if line.startswith("tlexp: error:")]
+    assert len(errors) == 1, output
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert "is not accepted; accepted:" in errors[0]
+    assert "Traceback" not in output, output
+    assert not (run_dir / "checkpoints").exists()
+    result = run_dir / "result.json"
+    if result.exists():
+        record = json.loads(result.read_text())
+        assert record["status"] == "failed" and record["error"].startswith("config error: ")
+        assert "completed" not in result.read_text()
+    assert not (run_dir / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_in_process(case, tmp_path, main_inprocess):
+    overrides, fragments = CASES[case]
+    overrides = overrides(tmp_path) if callable(overrides) else overrides
+    run_dir = tmp_path / "run"
+    code, output = main_inprocess(run_dir, *overrides)
+    assert_failed_cleanly(code, output, run_dir, fragments)
+
+
+def test_fashion_mnist_unreachable(tmp_path, monkeypatch, main_inprocess):
+    """No files under data.root, no Debian package, download=false: a config error naming data.root."""
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no_debian_dir")
+    (tmp_path / "empty").mkdir()
+    run_dir = tmp_path / "run"
+    code, output = main_inprocess(run_dir, "data=fashion_mnist", f"data.root={tmp_path / 'empty'}", "data.download=false")
+    assert_failed_cleanly(code, output, run_dir, ["data.root=", "Fashion-MNIST IDX files", "no_debian_dir",
+                                                  "dataset-fashion-mnist"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fraction_zero", "weights_other_architecture"])
+def test_bad_input_subprocess(case, tmp_path):
+    """The same failures from a real ``python train.py``: exit status 1, one error line on stderr."""
+    overrides, fragments = CASES[case]
+    overrides = overrides(tmp_path) if callable(overrides) else overrides
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, *overrides, check=False, timeout=300)
+    assert result.returncode == 1, result.stdout[-4000:]
+    assert_failed_cleanly(result.returncode, result.stdout, run_dir, fragments)
