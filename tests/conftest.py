@@ -70,7 +70,8 @@ def cfg(base_cfg, tmp_path):
 def subprocess_env(**changes) -> dict:
     """The test environment for a child: W&B offline; a value of None removes a variable."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    env.pop("PYTEST_CURRENT_TEST", None)
+    for inherited in ("PYTEST_CURRENT_TEST", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        env.pop(inherited, None)
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)
@@ -112,6 +113,7 @@ def main_inprocess(monkeypatch):
     def call(run_dir, *overrides: str, base=TINY):
         root = logging.getLogger()
         saved_handlers, saved_level = root.handlers[:], root.level
+        saved_environ = dict(os.environ)  # seed_everything sets PL_GLOBAL_SEED, which children would inherit
         args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
         monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
         output = io.StringIO()
@@ -130,6 +132,8 @@ def main_inprocess(monkeypatch):
             root.setLevel(saved_level)
             GlobalHydra.instance().clear()
             HydraConfig.instance().cfg = None
+            os.environ.clear()
+            os.environ.update(saved_environ)
         return code, output.getvalue()
 
     return call

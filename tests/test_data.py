@@ -16,7 +16,7 @@ from PIL import Image
 import tlexp.data.fashion_mnist as fashion_mnist
 from conftest import STRATEGIES, SWEEP_FRACTION, compose_config, read_json
 from tlexp.data import Digits, FashionMNIST, ImageFolder
-from tlexp.data.subset import stratified_fraction
+from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import ConfigError
 from tlexp.train import build
 
@@ -100,6 +100,7 @@ def test_fraction_subsets_are_nested(digits_cfg):
     assert subsets[-1] == set(train_pool(digits(digits_cfg, fraction=1.0)))
 
 
+@pytest.mark.slow
 def test_subset_identical_across_strategies(strategy_sweep, cfg):
     """Every strategy of one train.py sweep (same seed) trained on the very same examples."""
     _, runs = strategy_sweep
@@ -137,6 +138,22 @@ def test_validation_split_fixed_across_seeds_and_fractions(digits_cfg):
         assert torch.equal(dm.val_set.images, runs[0].val_set.images)
         assert not set(dm.indices["train"]) & set(reference)
     assert digits(digits_cfg, split_seed=1).indices["val"] != reference  # the split seed alone moves it
+
+
+@pytest.mark.parametrize("size", [4, 5, 31, 200, 0.1, 0.5])
+def test_validation_split_has_exactly_val_size(size):
+    """An int ``val_size`` holds out exactly that many (a float: that share), stratified, one per class at least."""
+    labels = np.repeat(np.arange(4), [200, 50, 7, 1])
+    rest, held = stratified_split(labels, size, seed=0)
+    expected = size if isinstance(size, int) else round(size * len(labels))
+    assert len(held) == expected and len(rest) + len(held) == len(labels)
+    assert not set(rest) & set(held)
+    counts = class_counts(labels[held], 4)
+    assert counts.min() >= 1
+    assert list(counts) == sorted(counts, reverse=True)  # a larger class never gets fewer
+    if expected >= 30:  # once the one-per-class minimum stops dominating: proportional
+        assert np.all(np.abs(counts - expected * np.array([200, 50, 7, 1]) / len(labels)) < 2)
+    assert np.array_equal(held, stratified_split(labels, size, seed=0)[1])
 
 
 # --- preprocessing --------------------------------------------------------------------------------------

@@ -59,5 +59,6 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path):
         assert json.loads((job / "result.json").read_text())["status"] == "completed"
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
         assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in epochs_rows(job))
-    extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs]
+    # besides the jobs, only the sweep's own W&B summary run
+    extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs and p.name != "wandb"]
     assert extra == [], f"unexpected directories in the sweep: {extra}"

@@ -26,6 +26,7 @@ from tlexp.feature_cache import check_setting as check_cache_setting
 from tlexp.feature_cache import resolve as resolve_cache
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.results import read_result, write_result
+from tlexp.schedules import SCHEDULES
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -43,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.strategy.get(key)
         if not (isinstance(value, (int, float)) and value > 0):
             raise ConfigError(f"strategy.{key}", value, "a learning rate > 0")
+    if cfg.strategy.get("schedule") not in SCHEDULES:
+        raise ConfigError("strategy.schedule", cfg.strategy.get("schedule"), ", ".join(SCHEDULES))
     epochs = cfg.trainer.get("max_epochs")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigError("trainer.max_epochs", epochs, "an integer >= 1")
