@@ -111,38 +111,46 @@ def trainer(args, epochs: int = 1, batches: int | float = 1.0, val_batches: int 
                      num_sanity_val_steps=0, use_distributed_sampler=False, precision="32-true", callbacks=list(callbacks))
 
 
+def now() -> tuple[float, float]:
+    """(wall clock, CPU time of this process). On a CPU shared with other jobs the CPU time is
+    the contention-robust measure of work done (with --threads 1 it cannot exceed wall time)."""
+    return time.perf_counter(), time.process_time()
+
+
 class StepClock(Callback):
-    """perf_counter after every optimizer step (after a device sync)."""
+    """(wall, CPU) time after every optimizer step (after a device sync)."""
 
     def __init__(self, device: str):
         self.device, self.times = device, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sync(self.device)
-        self.times.append(time.perf_counter())
+        self.times.append(now())
 
 
 class EpochClock(Callback):
     """Wall time of every epoch (training and validation) and the validation accuracy after it."""
 
     def __init__(self, device: str):
-        self.device, self.seconds, self.acc, self._start = device, [], [], None
+        self.device, self.seconds, self.cpu_seconds, self.acc, self._start = device, [], [], [], None
 
     def on_train_epoch_start(self, trainer, pl_module):
         sync(self.device)
-        self._start = time.perf_counter()
+        self._start = now()
 
     def on_train_epoch_end(self, trainer, pl_module):
         sync(self.device)
-        self.seconds.append(time.perf_counter() - self._start)
+        wall, cpu = now()
+        self.seconds.append(wall - self._start[0])
+        self.cpu_seconds.append(cpu - self._start[1])
         acc = trainer.callback_metrics.get("val/acc")
         self.acc.append(float(acc) if acc is not None else None)
 
 
-def throughput(times: list[float], warmup: int, batch_size: int) -> float:
-    """Images/s over the steps after ``warmup`` (data loading of those steps included)."""
+def throughput(times: list[tuple[float, float]], warmup: int, batch_size: int) -> tuple[float, float]:
+    """Images/s (wall, CPU time) over the steps after ``warmup`` (their data loading included)."""
     steps = len(times) - warmup
-    return steps * batch_size / (times[-1] - times[warmup - 1])
+    return tuple(steps * batch_size / (times[-1][i] - times[warmup - 1][i]) for i in (0, 1))
 
 
 # --- 1. throughput against a plain PyTorch loop --------------------------------------------------------
@@ -178,7 +186,7 @@ def plain_loop(args, module, datamodule, steps: int, dataloader: bool = False) -
         loss.backward()
         optimizer.step()
         sync(device)
-        times.append(time.perf_counter())
+        times.append(now())
     return times
 
 
@@ -197,29 +205,31 @@ def section_throughput(args) -> dict:
     datamodule = make_data(args, backbone, need, 64)
     results = {}
     for name, cls, kwargs in (("full", Full, {}), ("partial", Partial, {"frozen_depth": 4})):
-        best = {"plain": 0.0, "tlexp": 0.0}
+        best = {"plain": [0.0, 0.0], "tlexp": [0.0, 0.0]}  # [wall, cpu] images/s
         for _ in range(args.repeats):  # interleaved, best of: other processes on the machine add noise
             for runner in ("plain", "tlexp"):
                 module = cls(make_backbone(), datamodule.num_classes, **kwargs)
                 times = (plain_loop(args, module, datamodule, steps) if runner == "plain"
                          else tlexp_steps(args, module, datamodule, steps))
-                best[runner] = max(best[runner], throughput(times, warmup, args.batch_size))
-        results[name] = {**best, "ratio": best["tlexp"] / best["plain"]}
-        print(f"  {name}: plain {best['plain']:.1f} img/s, tlexp {best['tlexp']:.1f} img/s, ratio {results[name]['ratio']:.3f}", flush=True)
+                best[runner] = [max(a, b) for a, b in zip(best[runner], throughput(times, warmup, args.batch_size))]
+        results[name] = {"plain": best["plain"][0], "tlexp": best["tlexp"][0], "ratio": best["tlexp"][0] / best["plain"][0],
+                         "plain_cpu": best["plain"][1], "tlexp_cpu": best["tlexp"][1], "ratio_cpu": best["tlexp"][1] / best["plain"][1]}
+        r = results[name]
+        print(f"  {name}: wall: plain {r['plain']:.1f} img/s, tlexp {r['tlexp']:.1f} img/s, ratio {r['ratio']:.3f}; "
+              f"CPU time: plain {r['plain_cpu']:.1f}, tlexp {r['tlexp_cpu']:.1f}, ratio {r['ratio_cpu']:.3f}", flush=True)
     # the fixed cost per step, on a model so small that it dominates
     tiny_steps, tiny_warmup = 60, 10
     tiny_data = make_data(args, make_backbone("test_efficientnet"), tiny_steps * args.batch_size, 64)
     per_step = {}
-    for runner in ("plain", "plain+dataloader", "tlexp"):
-        best = float("inf")
-        for _ in range(2):
+    for _ in range(2):
+        for runner in ("plain", "plain+dataloader", "tlexp"):
             module = Full(make_backbone("test_efficientnet"), tiny_data.num_classes)
             times = (tlexp_steps(args, module, tiny_data, tiny_steps) if runner == "tlexp"
                      else plain_loop(args, module, tiny_data, tiny_steps, dataloader=runner != "plain"))
-            best = min(best, (times[-1] - times[tiny_warmup - 1]) / (tiny_steps - tiny_warmup) * 1000)
-        per_step[runner] = best
+            ms = [(times[-1][i] - times[tiny_warmup - 1][i]) / (tiny_steps - tiny_warmup) * 1000 for i in (0, 1)]
+            per_step[runner] = [min(a, b) for a, b in zip(per_step.get(runner, [float("inf")] * 2), ms)]
     results["tiny_ms_per_step"] = per_step
-    print(f"  tiny model, ms/step: {per_step}", flush=True)
+    print("  tiny model, ms/step [wall, CPU]: " + ", ".join(f"{k} {w:.1f}/{c:.1f}" for k, (w, c) in per_step.items()), flush=True)
     return results
 
 
@@ -237,6 +247,7 @@ def run_frozen(args, cache: bool, cache_dir: str | None) -> dict:
     sync(args.device)
     total = time.perf_counter() - started
     return {"total_s": total, "epoch_s": clock.seconds, "later_epoch_s": statistics.median(clock.seconds[1:]),
+            "later_epoch_cpu_s": statistics.median(clock.cpu_seconds[1:]),
             "val_acc": clock.acc[-1], "head": module.head.state_dict()}
 
 
@@ -248,10 +259,12 @@ def section_cache(args) -> dict:
     same = all(torch.allclose(off["head"][k], on["head"][k], atol=1e-4, rtol=1e-3) for k in off["head"])
     result = {"uncached": off, "cached": on, "cached_from_disk": again, "heads_allclose": same,
               "per_epoch_speedup": off["later_epoch_s"] / on["later_epoch_s"],
+              "per_epoch_speedup_cpu": off["later_epoch_cpu_s"] / on["later_epoch_cpu_s"],
               "run_speedup": off["total_s"] / on["total_s"], "run_speedup_from_disk": off["total_s"] / again["total_s"]}
     for r in (off, on, again):
         r.pop("head")
-    print(f"  per later epoch: {off['later_epoch_s']:.3f} s -> {on['later_epoch_s']:.4f} s ({result['per_epoch_speedup']:.0f}x); "
+    print(f"  per later epoch: {off['later_epoch_s']:.3f} s -> {on['later_epoch_s']:.4f} s ({result['per_epoch_speedup']:.0f}x; "
+          f"CPU time {result['per_epoch_speedup_cpu']:.0f}x); "
           f"{args.epochs}-epoch run: {off['total_s']:.1f} s -> {on['total_s']:.1f} s ({result['run_speedup']:.1f}x), "
           f"from disk {again['total_s']:.1f} s ({result['run_speedup_from_disk']:.1f}x); val acc {off['val_acc']:.4f} vs "
           f"{on['val_acc']:.4f}; heads allclose: {same}", flush=True)
@@ -310,6 +323,23 @@ def section_gradual(args) -> dict:
     return results
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RSSPeak(Callback):
+    """Peak resident memory sampled where activations, gradients and optimizer state peak."""
+
+    def __init__(self):
+        self.peak = 0.0
+
+    def _sample(self, *args, **kwargs):
+        self.peak = max(self.peak, rss_mb())
+
+    on_before_backward = on_after_backward = on_train_batch_end = _sample
+
+
 def probe_depth(args) -> dict:
     """In a fresh process: peak memory and step time of ``partial`` at one frozen depth."""
     from tlexp.strategies import Partial
@@ -317,14 +347,19 @@ def probe_depth(args) -> dict:
     backbone = make_backbone()
     datamodule = make_data(args, backbone, args.probe_steps * args.batch_size, 64)
     module = Partial(backbone, datamodule.num_classes, frozen_depth=args.probe_depth)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before, maxrss_before = rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):
         module.to(args.device)
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated() / 2**20
-    times = tlexp_steps(args, module, datamodule, args.probe_steps)
-    result = {"depth": args.probe_depth, "step_s": statistics.median(b - a for a, b in zip(times[1:], times[2:])),
-              "rss_before_mb": before, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    peak = RSSPeak()
+    clock = StepClock(args.device)
+    trainer(args, batches=args.probe_steps, callbacks=[clock, peak]).fit(module, datamodule=datamodule)
+    times = clock.times
+    result = {"depth": args.probe_depth, "step_s": statistics.median(b[0] - a[0] for a, b in zip(times[1:], times[2:])),
+              "step_cpu_s": statistics.median(b[1] - a[1] for a, b in zip(times[1:], times[2:])),
+              "rss_before_mb": before, "rss_peak_mb": peak.peak, "maxrss_before_mb": maxrss_before,
+              "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad)}
     if args.device.startswith("cuda"):
         result.update(cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20, cuda_base_mb=base_cuda)
@@ -371,8 +406,9 @@ def section_depths(args) -> list[dict]:
         row = json.loads(lines[-1])
         row["saved_activations_mb"] = saved_activation_mb(args, depth, images)
         rows.append(row)
-        print(f"  depth {depth}: step {row['step_s']:.3f} s, saved activations {row['saved_activations_mb']:.1f} MB, "
-              f"max RSS {row['rss_peak_mb']:.0f} MB (+{row['rss_peak_mb'] - row['rss_before_mb']:.0f} MB in training)"
+        print(f"  depth {depth}: step {row['step_s']:.3f} s (CPU {row['step_cpu_s']:.3f} s), saved activations {row['saved_activations_mb']:.1f} MB, "
+              f"RSS peak in training +{row['rss_peak_mb'] - row['rss_before_mb']:.0f} MB over {row['rss_before_mb']:.0f} MB; "
+              f"max RSS {row['maxrss_mb']:.0f} MB"
               + (f", CUDA peak {row['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in row else ""), flush=True)
     return rows
 
@@ -383,12 +419,15 @@ def section_sweep(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         command = [
             sys.executable, str(ROOT / "train.py"), "-m", "strategy=frozen,full", "strategy.lr_head=0.01,0.02",
-            f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}", "data.fraction=0.01",
-            "data.val_size=64", "data.download=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1", f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
+            f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
+            *(["data=synthetic"] if args.data == "synthetic" else
+              ["data=fashion_mnist", "data.fraction=0.01", "data.val_size=64", "data.download=false"]
+              + ([f"data.root={args.data_root}"] if args.data_root else [])),
+            "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1", f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
             "test=false", f"logger={args.sweep_logger}", "callbacks=none",
             "+callbacks.first_step._target_=benchmark.FirstStepStamp", "+hydra.callbacks.stamp._target_=benchmark.JobStamp",
-            f"hydra.sweep.dir={tmp}/sweep", f"paths.data_dir={tmp}/data", f"paths.log_dir={tmp}/logs",
+            f"hydra.sweep.dir={tmp}/sweep", "hydra.sweep.subdir=${hydra.job.num}", f"paths.data_dir={tmp}/data", f"paths.log_dir={tmp}/logs",
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                "OMP_NUM_THREADS": str(args.threads)}
@@ -408,6 +447,8 @@ def section_sweep(args) -> dict:
                 current.setdefault(event, float(stamp))
     rows = []
     for job in jobs:
+        swept = dict(part.split("=", 1) for part in job["name"].split(",") if "=" in part)
+        job["name"] = " ".join(f"{k}={swept[k]}" for k in ("strategy", "strategy.lr_head") if k in swept)
         name = job["name"] + (" (feature cache cold)" if job is jobs[0] else " (cache warm)" if "frozen" in job["name"] else "")
         row = {"job": name, "to_first_step_s": job["first_step"] - job["job_start"],
                "build_s": job["setup"] - job["job_start"], "setup_to_train_start_s": job["train_start"] - job["setup"],
@@ -446,31 +487,35 @@ def markdown(results: dict, args) -> str:
              f"Data: {args.data}, {args.image_size} px, batch {args.batch_size}. Total benchmark time {results['seconds']:.0f} s.", ""]
     if "throughput" in results:
         t = results["throughput"]
-        lines += ["### 1. Training throughput (images/s)", "", "| strategy | plain PyTorch loop | tlexp (Lightning) | ratio |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {t[k]['plain']:.1f} | {t[k]['tlexp']:.1f} | {t[k]['ratio']:.3f} |" for k in ("full", "partial")]
+        lines += ["### 1. Training throughput (images/s)", "",
+                  "| strategy | plain loop, wall | tlexp, wall | ratio (wall) | plain loop, CPU time | tlexp, CPU time | ratio (CPU time) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {t[k]['plain']:.1f} | {t[k]['tlexp']:.1f} | {t[k]['ratio']:.3f} | {t[k]['plain_cpu']:.1f} | "
+                  f"{t[k]['tlexp_cpu']:.1f} | {t[k]['ratio_cpu']:.3f} |" for k in ("full", "partial")]
         tiny = t["tiny_ms_per_step"]
-        lines += ["", f"Fixed cost per step (test_efficientnet): plain {tiny['plain']:.1f} ms, plain + tlexp's DataLoader "
-                  f"{tiny['plain+dataloader']:.1f} ms, tlexp {tiny['tlexp']:.1f} ms.", ""]
+        lines += ["", "Cost per step on a tiny model (test_efficientnet), ms wall / CPU: plain "
+                  f"{tiny['plain'][0]:.1f} / {tiny['plain'][1]:.1f}, plain + tlexp's DataLoader {tiny['plain+dataloader'][0]:.1f} / "
+                  f"{tiny['plain+dataloader'][1]:.1f}, tlexp {tiny['tlexp'][0]:.1f} / {tiny['tlexp'][1]:.1f}.", ""]
     if "cache" in results:
         c = results["cache"]
         lines += ["### 2. Feature cache (frozen)", "", "| | uncached | cached (computed) | cached (from disk) |", "|---|---:|---:|---:|",
                   f"| epoch 1 (s) | {c['uncached']['epoch_s'][0]:.3f} | {c['cached']['epoch_s'][0]:.3f} | {c['cached_from_disk']['epoch_s'][0]:.3f} |",
                   f"| later epoch, median (s) | {c['uncached']['later_epoch_s']:.3f} | {c['cached']['later_epoch_s']:.4f} | {c['cached_from_disk']['later_epoch_s']:.4f} |",
+                  f"| later epoch, median CPU time (s) | {c['uncached']['later_epoch_cpu_s']:.3f} | {c['cached']['later_epoch_cpu_s']:.4f} | {c['cached_from_disk']['later_epoch_cpu_s']:.4f} |",
                   f"| {args.epochs}-epoch run (s) | {c['uncached']['total_s']:.2f} | {c['cached']['total_s']:.2f} | {c['cached_from_disk']['total_s']:.2f} |",
                   f"| final val acc | {c['uncached']['val_acc']:.4f} | {c['cached']['val_acc']:.4f} | {c['cached_from_disk']['val_acc']:.4f} |",
-                  "", f"Per later epoch {c['per_epoch_speedup']:.0f}x faster; whole run {c['run_speedup']:.1f}x "
+                  "", f"Per later epoch {c['per_epoch_speedup']:.0f}x faster (CPU time {c['per_epoch_speedup_cpu']:.0f}x); whole run {c['run_speedup']:.1f}x "
                   f"({c['run_speedup_from_disk']:.1f}x when the cache is on disk); heads allclose: {c['heads_allclose']}.", ""]
     if "gradual" in results:
         g = results["gradual"]
         lines += ["### 3. Gradual unfreezing against Lightning's BackboneFinetuning", "",
                   "| | epoch times (s) | val acc per epoch |", "|---|---|---|"]
         lines += [f"| {k} | {', '.join(f'{s:.2f}' for s in v['epoch_s'])} | {', '.join(f'{a:.4f}' for a in v['val_acc'])} |" for k, v in g.items()]
-        lines += ["", "| frozen depth | trainable params | step (s) | saved activations (MB) | max RSS (MB) | RSS growth in training (MB) |"
+        lines += ["", "| frozen depth | trainable params | step (s) | step CPU (s) | saved activations (MB) | RSS growth in training (MB) | max RSS of the process (MB) |"
                   + (" CUDA peak (MB) |" if "cuda_peak_mb" in results["depths"][0] else ""),
-                  "|---:|---:|---:|---:|---:|---:|" + ("---:|" if "cuda_peak_mb" in results["depths"][0] else "")]
-        lines += [f"| {r['depth']} | {r['trainable_params']:,} | {r['step_s']:.3f} | {r['saved_activations_mb']:.1f} | {r['rss_peak_mb']:.0f} | "
-                  f"{r['rss_peak_mb'] - r['rss_before_mb']:.0f} |" + (f" {r['cuda_peak_mb']:.0f} |" if "cuda_peak_mb" in r else "")
+                  "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "cuda_peak_mb" in results["depths"][0] else "")]
+        lines += [f"| {r['depth']} | {r['trainable_params']:,} | {r['step_s']:.3f} | {r['step_cpu_s']:.3f} | {r['saved_activations_mb']:.1f} | "
+                  f"{r['rss_peak_mb'] - r['rss_before_mb']:.0f} | {r['maxrss_mb']:.0f} |" + (f" {r['cuda_peak_mb']:.0f} |" if "cuda_peak_mb" in r else "")
                   for r in results["depths"]]
         lines.append("")
     if "sweep" in results:
@@ -491,16 +536,16 @@ def parse(argv=None):
     parser.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "synthetic"])
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
-    parser.add_argument("--steps", type=int, default=8, help="measured training steps per throughput run")
+    parser.add_argument("--steps", type=int, default=6, help="measured training steps per throughput run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the cache comparison")
-    parser.add_argument("--cache-train-size", type=int, default=320)
-    parser.add_argument("--gradual-train-size", type=int, default=160)
+    parser.add_argument("--cache-train-size", type=int, default=640)
+    parser.add_argument("--gradual-train-size", type=int, default=192)
     parser.add_argument("--val-size", type=int, default=64)
-    parser.add_argument("--probe-steps", type=int, default=5)
+    parser.add_argument("--probe-steps", type=int, default=6)
     parser.add_argument("--sweep-logger", default="wandb", help="logger group of the sweep jobs (the default config's: wandb, offline)")
     parser.add_argument("--sections", default="throughput,cache,gradual,sweep")
     parser.add_argument("--json", default=None, help="also write all numbers to this file")

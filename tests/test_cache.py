@@ -108,6 +108,9 @@ def test_second_run_loads_from_disk_and_a_changed_key_recomputes(tmp_path):
     again = cache_datamodule(backbone, datamodule, tmp_path)
     assert not any(r["hit"] for r in again.values())
     assert len(list(tmp_path.glob("*.pt"))) == 6
+    other, _ = setup_data(weights_seed=SEED + 1)  # features of one backbone are never served to another
+    with pytest.raises(RuntimeError, match="fresh datamodule"):
+        cache_datamodule(other, datamodule, tmp_path)
 
 
 def test_refused_where_not_equivalent(tmp_path, caplog):

@@ -180,29 +180,22 @@ def test_sync_wandb_dry_run_lists_offline_runs(sweep):
 
 # --- other launchers and sweepers ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_joblib_launcher_parallel_jobs_share_group(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = run_train(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=frozen,full",
-                       "trainer.max_epochs=1", "group=joblib_test", multirun=True, check=False,
-                       env=no_credentials(tmp_path / "home"))
-    assert result.returncode == 0, result.stdout[-6000:]
-    records = job_records(sweep_dir)
-    assert len(records) == 2 and all(r["status"] == "completed" and r["group"] == "joblib_test" for r in records.values())
-    summary = read_json(sweep_dir / "sweep_summary.json")
-    assert summary["group"] == "joblib_test" and summary["counts"]["completed"] == 2
-
-
-@pytest.mark.slow
-def test_optuna_search_maximises_returned_metric(tmp_path):
+def test_optuna_search_on_joblib_launcher(tmp_path):
+    """Optuna asks for 2 trials at once; joblib runs them in 2 worker processes. The search
+    maximises what train.main returns; jobs in other processes still share the sweep's group."""
     sweep_dir = tmp_path / "optuna"
-    result = run_train(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
+    result = run_train(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
                        "strategy.frozen_depth=range(0,7)", multirun=True, check=False)
     assert result.returncode == 0, result.stdout[-6000:]
+    assert "Joblib.Parallel" in result.stdout
     records = [r for r in job_records(sweep_dir).values() if r["status"] == "completed"]
-    assert len(records) == 2 and all(r["strategy"] == "partial" for r in records)
+    assert len(records) == 2 and all(r["strategy"] == "partial" and r["group"] == "optuna" for r in records)
     best = (sweep_dir / "optimization_results.yaml").read_text()
     best_value = float(re.search(r"best_value: ([0-9.e-]+)", best).group(1))
     assert best_value == pytest.approx(max(r["val_acc_best"] for r in records))
+    summary = read_json(sweep_dir / "sweep_summary.json")
+    assert summary["group"] == "optuna" and summary["counts"]["completed"] == 2
 
 
 # --- configs ---------------------------------------------------------------------------------------------
@@ -231,7 +224,8 @@ def test_transfer_study_sweeps_strategies_fractions_seeds():
 
 
 def test_transfer_study_cpu_fits_in_30_minutes_on_2_cores():
-    """Estimate from measured 2-core throughput: training 140 img/s, inference 370 img/s, 10 s per job."""
+    """Pessimistic estimate: every strategy at full fine-tuning cost, 50 img/s training and 270 img/s
+    inference on 2 cores (measured under load; ~140 and ~370 on idle cores), 10 s start-up per job."""
     cfg = compose_hydra("experiment=transfer_study_cpu")
     params = cfg.hydra.sweeper.params
     fractions = [float(f) for f in params["data.fraction"].split(",")]
@@ -239,9 +233,10 @@ def test_transfer_study_cpu_fits_in_30_minutes_on_2_cores():
     seeds = str(params.seed).split(",")
     epochs, val, test = cfg.trainer.max_epochs, cfg.data.val_size, cfg.data.test_limit
     assert cfg.trainer.accelerator == "cpu" and test is not None and test <= 2000
+    assert strategies == ["scratch", "frozen", "partial", "full", "gradual"] and len(fractions) >= 3
     train_pool = 60000 - val
-    per_seed = sum(train_pool * f * epochs / 140 + (val * epochs + test) / 370 + 10 for f in fractions) * len(strategies)
-    assert per_seed * len(seeds) < 30 * 60 * 0.8  # with a 20 % margin
+    per_seed = sum(train_pool * f * epochs / 50 + (val * epochs + test) / 270 + 10 for f in fractions) * len(strategies)
+    assert per_seed * len(seeds) < 30 * 60
 
 
 def test_frozen_depth_sweep_covers_every_depth_of_efficientnet_lite0():

@@ -131,9 +131,9 @@ def content_hash(dataset: Dataset) -> str:
     return hasher.hexdigest()
 
 
-def key_fields(backbone: nn.Module, datamodule, split: str, weights: str | None = None) -> dict:
-    """Everything the features of ``split`` depend on (hashed into the cache key)."""
-    dataset = getattr(datamodule, f"{split}_set")
+def key_fields(backbone: nn.Module, datamodule, split: str, weights: str | None = None, dataset: Dataset | None = None) -> dict:
+    """Everything the features of ``split`` (its image dataset: ``dataset`` or the datamodule's) depend on."""
+    dataset = dataset if dataset is not None else getattr(datamodule, f"{split}_set")
     indices = datamodule.indices.get(split)
     return {
         "format": FORMAT,
@@ -208,10 +208,17 @@ def cache_datamodule(backbone: nn.Module, datamodule, cache_dir: str | Path | No
     try:
         for split in splits:
             dataset = getattr(datamodule, f"{split}_set")
-            if dataset is None or isinstance(dataset, FeatureDataset):
+            if isinstance(dataset, FeatureDataset):
+                if dataset.weights == weights:
+                    continue  # already features of this backbone
+                if dataset.source() is None:
+                    raise RuntimeError(f"feature cache: the {split} split holds features of another backbone and its "
+                                       "images are gone; use a fresh datamodule for another model")
+                dataset = dataset.source()  # another backbone (a reused datamodule): from the images again
+            if dataset is None:
                 continue
             started = time.perf_counter()
-            fields = key_fields(backbone, datamodule, split, weights)
+            fields = key_fields(backbone, datamodule, split, weights, dataset)
             key = cache_key(fields)
             path = cache_dir / f"{key}.pt" if cache_dir else None
             # a split that is another split's dataset (no test split: test on val) reuses its features

@@ -32,7 +32,7 @@ from tlexp.results import RESULT_FILE, read_result
 
 SUMMARY_FILE = "sweep_summary.json"
 STRATEGY_ORDER = ["scratch", "frozen", "partial", "full", "gradual", "discriminative"]
-EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "time/epoch_s", "time/elapsed_s")
+EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", "time/elapsed_s")
 
 
 # --- reading a sweep -------------------------------------------------------------------------------
@@ -293,6 +293,8 @@ def _save(figure, path: Path) -> Path:
 
 
 def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
     if not curves:
         return None
     figure, (by_epoch, by_time) = _figure(2)
@@ -305,6 +307,7 @@ def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
             by_time.plot(c["elapsed"], c["mean"], marker="o", color=colors[strategy], label=label)
             by_time.fill_between(c["elapsed"], c["min"], c["max"], color=colors[strategy], alpha=0.2)
     by_epoch.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc per epoch (fraction {fraction:g})")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_time.set(xlabel="training wall-clock (s)", ylabel="val/acc", title=f"val/acc per second (fraction {fraction:g})")
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
@@ -363,7 +366,7 @@ def plot_cost(jobs: list[Job], path: Path) -> Path | None:
         with_time = [j for j in mine if j.seconds_per_epoch is not None]
         by_params.scatter([j.trainable_params for j in with_params], [j.test_acc for j in with_params], color=colors[strategy], label=strategy)
         by_time.scatter([j.seconds_per_epoch for j in with_time], [j.test_acc for j in with_time], color=colors[strategy], label=strategy)
-    by_params.set_xscale("symlog", linthresh=1000)
+    by_params.set_xscale("log")
     by_params.set(xlabel="trainable parameters", ylabel="test/acc", title="test/acc vs trainable parameters")
     by_time.set(xlabel="seconds per training epoch", ylabel="test/acc", title="test/acc vs seconds per epoch")
     for ax in (by_params, by_time):
@@ -373,6 +376,8 @@ def plot_cost(jobs: list[Job], path: Path) -> Path | None:
 
 
 def plot_depth(table: Table, path: Path) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
     rows = table.as_dicts()
     if len({r["frozen_depth"] for r in rows}) < 2:
         return None
@@ -386,9 +391,10 @@ def plot_depth(table: Table, path: Path) -> Path | None:
         axes[2].plot(depth, [r["s_per_epoch"] for r in mine], marker="o", label=label)
     for ax, ylabel in zip(axes, ("test/acc", "trainable parameters", "seconds per epoch")):
         ax.set(xlabel="frozen stages (from the input)", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    axes[1].set_yscale("symlog", linthresh=1000)
+    axes[1].set_yscale("log")
     figure.suptitle("partial fine-tuning: how deep to freeze")
     return _save(figure, path)
 

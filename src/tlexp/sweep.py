@@ -126,6 +126,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = load_jobs(sweep_dir)
         group = sweep_group(config, sweep_dir, jobs)
         summary = summarize(sweep_dir, jobs, self.done_before, group)

@@ -68,7 +68,8 @@ class FineTuning(Callback):
         for stage in pl_module.stages:
             mode = stage.name in self.unfrozen or self.bn_policy != "frozen"
             for bn in stage.batchnorms:
-                bn.train(mode)
+                if bn.training != mode:  # per batch: skip nn.Module.train's recursion when nothing changes
+                    bn.train(mode)
 
     # --- hooks -----------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):

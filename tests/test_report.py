@@ -1,0 +1,191 @@
+"""The sweep report (src/tlexp/report.py) on hand-made sweep directories: its tables hold the numbers
+of the jobs' result.json and metrics.csv, its figures exist, sections without data say so, and the
+console script and scripts/report.py both write it. No training here (the real sweep's report is
+checked in test_sweep.py)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlexp.report import describe, generate, load_jobs, read_history
+
+REPO = Path(__file__).resolve().parent.parent
+NUM_STAGES = 8
+FIELDS = ["epoch", "step", "train/loss_step", "val/acc", "val/loss", "val/acc_best", "train/acc", "train/loss",
+          "time/epoch_s", "time/elapsed_s", "lr/head", "test/acc", "test/loss"]
+
+
+def write_job(sweep: Path, name: str, *, strategy: str, fraction: float, seed: int, test_acc: float,
+              val_accs: list[float], epoch_s: float = 2.0, frozen_depth: int = 0, params: int = 1000,
+              train_size: int | None = None, status: str = "completed") -> Path:
+    """A job directory as train.py leaves it: result.json and Lightning's metrics.csv (rows split like Lightning's)."""
+    job = sweep / name
+    job.mkdir(parents=True)
+    record = {"status": status, "overrides": [f"strategy={strategy}", f"data.fraction={fraction}", f"seed={seed}"],
+              "strategy": strategy, "fraction": fraction, "seed": seed, "lr_head": 1e-3, "lr_backbone": 1e-4,
+              "weight_decay": 0.01, "max_epochs": len(val_accs), "group": sweep.name}
+    if status != "completed":
+        record["error"] = "config error: data.fraction=2 is not accepted"
+    else:
+        record.update(params_total=5000, params_trainable=params, params_trainable_end=params, frozen_depth=frozen_depth,
+                      num_stages=NUM_STAGES, train_size=train_size or int(1000 * fraction), val_acc_best=max(val_accs),
+                      val_acc_final=val_accs[-1], test_acc=test_acc, fit_seconds=epoch_s * len(val_accs) + 1,
+                      wall_seconds=epoch_s * len(val_accs) + 3)
+        with (job / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, FIELDS)
+            writer.writeheader()
+            step = 0
+            for epoch, acc in enumerate(val_accs):
+                step += 5
+                writer.writerow({"epoch": epoch, "step": step - 3, "train/loss_step": 1.0, "lr/head": 1e-3})
+                writer.writerow({"epoch": epoch, "step": step, "val/acc": acc, "val/loss": 1 - acc, "val/acc_best": acc})
+                writer.writerow({"epoch": epoch, "step": step, "train/acc": acc, "train/loss": 1 - acc,
+                                 "time/epoch_s": epoch_s, "time/elapsed_s": epoch_s * (epoch + 1)})
+            writer.writerow({"epoch": len(val_accs), "step": step + 1, "test/acc": test_acc, "test/loss": 1 - test_acc})
+    (job / "result.json").write_text(json.dumps(record))
+    return job
+
+
+ACC = {  # (strategy, fraction) -> test/acc for seeds 0 and 1
+    ("scratch", 0.1): (0.30, 0.40), ("scratch", 1.0): (0.60, 0.70),
+    ("frozen", 0.1): (0.70, 0.72), ("frozen", 1.0): (0.80, 0.82),
+    ("full", 0.1): (0.75, 0.85), ("full", 1.0): (0.90, 0.92),
+}
+EPOCH_S = {"scratch": 3.0, "frozen": 1.0, "full": 3.0, "partial": 2.0}
+PARAMS = {"scratch": 4000, "frozen": 100, "full": 4000}
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "my_sweep"
+    for (strategy, fraction), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            write_job(root, f"data.fraction={fraction},seed={seed},strategy={strategy}", strategy=strategy, fraction=fraction,
+                      seed=seed, test_acc=acc, val_accs=[acc - 0.1 - 0.02 * seed, acc - 0.02 * seed], epoch_s=EPOCH_S[strategy] + seed,
+                      params=PARAMS[strategy])
+    for depth, acc in ((0, 0.9), (4, 0.85), (8, 0.7)):
+        write_job(root, f"data.fraction=0.1,strategy.frozen_depth={depth}", strategy="partial", fraction=0.1, seed=0,
+                  test_acc=acc, val_accs=[acc], frozen_depth=depth, params=4000 - 400 * depth, epoch_s=3.0 - 0.25 * depth)
+    write_job(root, "data.fraction=2,strategy=full", strategy="full", fraction=2, seed=0, test_acc=0, val_accs=[0], status="failed")
+    (root / "killed_job" / ".hydra").mkdir(parents=True)
+    (root / "killed_job" / ".hydra" / "config.yaml").write_text("{}")
+    return root
+
+
+def tables(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())["tables"]
+
+
+def test_history_merges_lightning_rows(sweep):
+    history = read_history(sweep / "data.fraction=0.1,seed=1,strategy=full" / "metrics.csv")
+    assert [row["epoch"] for row in history] == [0, 1]  # the test row adds no epoch
+    assert history[1]["val/acc"] == pytest.approx(0.85 - 0.02) and history[1]["time/elapsed_s"] == pytest.approx(8.0)
+    assert read_history(sweep / "missing.csv") == []
+
+
+def test_jobs_include_failed_and_killed(sweep):
+    jobs = {job.name: job for job in load_jobs(sweep)}
+    assert len(jobs) == 12 + 3 + 2
+    assert jobs["data.fraction=2,strategy=full"].status == "failed"
+    assert jobs["killed_job"].status == "failed" and "no result.json" in jobs["killed_job"].get("error")
+
+
+def test_few_shot_and_gain_tables(sweep):
+    generate(sweep)
+    few_shot = {(r["strategy"], r["fraction"]): r for r in tables(sweep)["few_shot"]}
+    for key, accs in ACC.items():
+        row = few_shot[key]
+        assert row["runs"] == 2 and row["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+        assert row["test_acc_min"] == min(accs) and row["test_acc_max"] == max(accs)
+        assert row["train_size"] == int(1000 * key[1])
+    gain = {(r["strategy"], r["fraction"]): r["gain"] for r in tables(sweep)["gain"]}
+    for (strategy, fraction), accs in ACC.items():
+        if strategy != "scratch":
+            assert gain[(strategy, fraction)] == pytest.approx(sum(accs) / 2 - sum(ACC[("scratch", fraction)]) / 2)
+    assert ("partial", 0.1) in gain and ("partial", 1.0) not in gain  # no partial at 1.0
+    page = html.unescape((sweep / "report.html").read_text())
+    assert f"<td>{0.80 - 0.35:.4f}</td>" in page  # frozen's gain at 0.1, as the HTML shows it
+
+
+def test_race_uses_the_most_common_fraction_and_bands_over_seeds(sweep):
+    generate(sweep)
+    race = tables(sweep)["race"]
+    assert {r["strategy"] for r in race} == {"scratch", "frozen", "full", "partial"}  # fraction 0.1: 13 jobs vs 6
+    full = [r for r in race if r["strategy"] == "full"]
+    assert [r["epoch"] for r in full] == [1, 2]
+    accs = [0.75 - 0.0, 0.85 - 0.02]  # last epoch's val/acc of seeds 0, 1
+    assert full[1]["val_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert full[1]["val_acc_min"] == pytest.approx(min(accs)) and full[1]["val_acc_max"] == pytest.approx(max(accs))
+    assert full[1]["elapsed_s"] == pytest.approx((3.0 * 2 + 4.0 * 2) / 2)
+    generate(sweep, fraction=1.0)
+    assert {r["strategy"] for r in tables(sweep)["race"]} == {"scratch", "frozen", "full"}
+
+
+def test_cost_and_frozen_depth_tables(sweep):
+    generate(sweep)
+    cost = {(r["strategy"], r["fraction"]): r for r in tables(sweep)["cost"]}
+    assert cost[("frozen", 1.0)]["params_trainable"] == 100
+    assert cost[("frozen", 1.0)]["s_per_epoch"] == pytest.approx((1.0 + 2.0) / 2)  # seeds' epochs took 1 s and 2 s
+    depth = {r["frozen_depth"]: r for r in tables(sweep)["frozen_depth"]}
+    assert sorted(depth) == [0, 4, 8]
+    assert depth[4]["test_acc_mean"] == 0.85 and depth[8]["params_trainable"] == 800 and depth[8]["s_per_epoch"] == 1.0
+    assert depth[0]["num_stages"] == NUM_STAGES
+
+
+def test_report_html_and_figures(sweep):
+    path = generate(sweep)
+    page = path.read_text()
+    report = json.loads((sweep / "report.json").read_text())
+    assert set(report["figures"]) == {"race", "few_shot", "gain", "cost", "frozen_depth"}
+    for name in report["figures"].values():
+        assert (sweep / name).stat().st_size > 5000 and (sweep / name).read_bytes()[:4] == b"\x89PNG"
+    assert page.count("data:image/png;base64,") == 5  # self-contained: opens offline with no server
+    assert "no result.json" in page and "data.fraction=2 is not accepted" in page
+    for section in ("race", "few_shot", "gain", "cost", "frozen_depth", "jobs"):
+        assert f'<table id="{section}">' in page
+    assert "class='empty'" not in page
+
+
+def test_sections_without_data_say_so(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = generate(empty).read_text()
+    assert "No job directories" in page and page.count("class='empty'") == 6
+    only_failed = tmp_path / "failed"
+    write_job(only_failed, "a", strategy="full", fraction=2, seed=0, test_acc=0, val_accs=[0], status="failed")
+    page = html.unescape(generate(only_failed).read_text())
+    assert "No completed job with a metrics.csv history." in page and "No scratch jobs" in page
+    assert json.loads((only_failed / "report.json").read_text())["figures"] == {}
+
+
+def test_out_dir_and_requested_fraction(sweep, tmp_path):
+    out = tmp_path / "elsewhere"
+    generate(sweep, out=out, fraction=1.0)
+    assert (out / "report.html").is_file() and (out / "race.png").is_file() and not (sweep / "report.html").exists()
+    assert "fraction 1 " in (out / "report.html").read_text() or "fraction 1:" in (out / "report.html").read_text()
+
+
+def test_describe():
+    assert describe([1.0, None, 3.0]) == {"n": 2, "mean": 2.0, "std": pytest.approx(2 ** 0.5), "min": 1.0, "max": 3.0}
+    assert describe([])["mean"] is None
+
+
+@pytest.mark.parametrize("command", [["tlexp-report"], ["scripts/report.py"]])
+def test_command_line(sweep, command, tmp_path):
+    executable = shutil.which("tlexp-report", path=str(Path(sys.executable).parent))
+    argv = [executable] if command == ["tlexp-report"] else [sys.executable, "scripts/report.py"]
+    assert argv[0], "tlexp-report console script not installed: pip install -e ."
+    out = subprocess.run([*argv, str(sweep), "--out", str(tmp_path / "out"), "--fraction", "0.1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "wrote" in out.stdout and (tmp_path / "out" / "report.html").is_file()
+    missing = subprocess.run([*argv, str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
