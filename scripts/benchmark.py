@@ -206,8 +206,8 @@ def section_throughput(args) -> dict:
     results = {}
     for name, cls, kwargs in (("full", Full, {}), ("partial", Partial, {"frozen_depth": 4})):
         best = {"plain": [0.0, 0.0], "tlexp": [0.0, 0.0]}  # [wall, cpu] images/s
-        for _ in range(args.repeats):  # interleaved, best of: other processes on the machine add noise
-            for runner in ("plain", "tlexp"):
+        for repeat in range(args.repeats):  # interleaved, order alternated, best of: other processes add noise
+            for runner in ("plain", "tlexp")[:: 1 if repeat % 2 == 0 else -1]:
                 module = cls(make_backbone(), datamodule.num_classes, **kwargs)
                 times = (plain_loop(args, module, datamodule, steps) if runner == "plain"
                          else tlexp_steps(args, module, datamodule, steps))
@@ -538,9 +538,9 @@ def parse(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
-    parser.add_argument("--steps", type=int, default=6, help="measured training steps per throughput run")
+    parser.add_argument("--steps", type=int, default=10, help="measured training steps per throughput run")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the cache comparison")
     parser.add_argument("--cache-train-size", type=int, default=640)
     parser.add_argument("--gradual-train-size", type=int, default=192)

@@ -15,7 +15,6 @@ import pytest
 import timm
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import OmegaConf
 
 from tlexp import feature_cache
 from tlexp.backbone import create_backbone
@@ -24,6 +23,8 @@ from tlexp.data import Synthetic
 from tlexp.errors import ConfigError
 from tlexp.feature_cache import FeatureCache, FeatureDataset, cache_datamodule, cache_key, key_fields
 from tlexp.strategies import Frozen, Partial
+
+from conftest import compose_config
 
 SEED = 3
 
@@ -127,13 +128,18 @@ def test_refused_where_not_equivalent(tmp_path, caplog):
     with pytest.raises(ConfigError, match="strategy.cache_features"):
         Frozen(create_backbone("test_efficientnet"), 4, cache_features="yes")
 
-    # the entry point refuses before building anything
+    # the entry point refuses before building anything (the real config from conf/)
     from tlexp.train import check_config
 
-    cfg = OmegaConf.create({"data": {"fraction": 1.0, "augment": True}, "trainer": {"max_epochs": 1},
-                            "strategy": {"lr_head": 0.01, "lr_backbone": 1e-4, "bn_policy": "frozen", "cache_features": True}})
-    with pytest.raises(ConfigError, match="strategy.cache_features"):
-        check_config(cfg)
+    def config(*overrides):
+        cfg = compose_config("strategy=frozen", *overrides)
+        cfg.paths.output_dir = str(tmp_path)
+        return cfg
+
+    check_config(config())  # auto, no augmentation: accepted
+    for overrides in (("data.augment=true",), ("strategy.bn_policy=adapt",)):
+        with pytest.raises(ConfigError, match="strategy.cache_features"):
+            check_config(config("strategy.cache_features=true", *overrides))
 
     # auto: off with an info log, and the run trains on images
     backbone, datamodule = setup_data(augment=True)

@@ -106,7 +106,8 @@ class TransferModule(L.LightningModule):
         logits = self(images)
         loss = self.criterion(logits, labels)
         accuracy.update(logits, labels)  # only the epoch value is logged: no per-batch compute
-        self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=split != "train", batch_size=len(labels), sync_dist=split != "train")
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split != "train", batch_size=len(labels),
+                 sync_dist=split != "train")
         if split == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
