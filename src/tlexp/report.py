@@ -315,7 +315,9 @@ def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def plot_few_shot(table: Table, path: Path) -> Path | None:
+def _plot_per_strategy(table: Table, path: Path, y_key: str, ylabel: str, title: str, errors: bool = False,
+                       zero_line: bool = False) -> Path | None:
+    """One line per strategy of ``y_key`` against the training-set size (log scale)."""
     rows = table.as_dicts()
     if not rows:
         return None
@@ -324,33 +326,27 @@ def plot_few_shot(table: Table, path: Path) -> Path | None:
     colors = _colors(strategies)
     for strategy in strategies:
         mine = [r for r in rows if r["strategy"] == strategy]
-        x = [r["train_size"] for r in mine]
-        y = [r["test_acc_mean"] for r in mine]
-        err = [[r["test_acc_mean"] - r["test_acc_min"] for r in mine], [r["test_acc_max"] - r["test_acc_mean"] for r in mine]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[strategy], label=strategy)
+        x, y = [r["train_size"] for r in mine], [r[y_key] for r in mine]
+        if errors:
+            err = [[r[y_key] - r["test_acc_min"] for r in mine], [r["test_acc_max"] - r[y_key] for r in mine]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[strategy], label=strategy)
+        else:
+            ax.plot(x, y, marker="o", color=colors[strategy], label=strategy)
+    if zero_line:
+        ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set(xlabel="training images (log scale)", ylabel="test/acc", title="few-shot: test/acc vs training-set size")
+    ax.set(xlabel="training images (log scale)", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     return _save(figure, path)
+
+
+def plot_few_shot(table: Table, path: Path) -> Path | None:
+    return _plot_per_strategy(table, path, "test_acc_mean", "test/acc", "few-shot: test/acc vs training-set size", errors=True)
 
 
 def plot_gain(table: Table, path: Path) -> Path | None:
-    rows = table.as_dicts()
-    if not rows:
-        return None
-    figure, (ax,) = _figure(1, 6.5, 4.5)
-    strategies = strategy_order(r["strategy"] for r in rows)
-    colors = _colors(strategies)
-    for strategy in strategies:
-        mine = [r for r in rows if r["strategy"] == strategy]
-        ax.plot([r["train_size"] for r in mine], [r["gain"] for r in mine], marker="o", color=colors[strategy], label=strategy)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="training images (log scale)", ylabel="test/acc - scratch test/acc", title="transfer gain over scratch")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-    return _save(figure, path)
+    return _plot_per_strategy(table, path, "gain", "test/acc - scratch test/acc", "transfer gain over scratch", zero_line=True)
 
 
 def plot_cost(jobs: list[Job], path: Path) -> Path | None:
