@@ -56,10 +56,15 @@ def check_config(cfg: DictConfig) -> None:
             resolve_cache(True, cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment", False)))
 
 
+def target_name(node: DictConfig) -> str:
+    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class."""
+    return node._target_.rsplit(".", 1)[-1].lower()
+
+
 def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
     """(run name from the overrides, W&B group, whether this job is part of a multirun)."""
     if not HydraConfig.initialized():
-        return cfg.strategy._target_.rsplit(".", 1)[-1].lower(), cfg.get("group"), False
+        return target_name(cfg.strategy), cfg.get("group"), False
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     name = hydra_cfg.job.override_dirname or hydra_cfg.runtime.choices.get("strategy", "run")
@@ -110,8 +115,7 @@ def run(cfg: DictConfig, output_dir: str, record: dict) -> dict:
     derived = derived_values(datamodule, module)
     record.update(derived)
     name, group, _ = job_identity(cfg)
-    strategy = cfg.strategy._target_.rsplit(".", 1)[-1].lower()
-    tags = [strategy, f"fraction={cfg.data.fraction}", *cfg.get("tags", [])]
+    tags = [target_name(cfg.strategy), f"fraction={cfg.data.fraction}", *cfg.get("tags", [])]
     loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
     callbacks += [EpochSeeder(cfg.seed), EpochTimer()]
@@ -160,8 +164,8 @@ def main(cfg: DictConfig) -> float | None:
         return previous.get("metrics", {}).get(cfg.get("optimized_metric"))
     record = {
         "status": "running", "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "strategy": cfg.strategy._target_.rsplit(".", 1)[-1].lower(), "model": cfg.model.name,
-        "data": cfg.data._target_.rsplit(".", 1)[-1], "fraction": cfg.data.get("fraction"), "seed": cfg.seed,
+        "strategy": target_name(cfg.strategy), "model": cfg.model.name, "data": target_name(cfg.data),
+        "fraction": cfg.data.get("fraction"), "seed": cfg.seed,
         "lr_head": cfg.strategy.get("lr_head"), "lr_backbone": cfg.strategy.get("lr_backbone"),
         "lr_decay": cfg.strategy.get("lr_decay"), "max_epochs": cfg.trainer.get("max_epochs"),
         "weight_decay": cfg.strategy.get("optimizer", {}).get("weight_decay"), "group": group,
