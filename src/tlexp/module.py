@@ -22,6 +22,13 @@ from tlexp.schedules import StageLR, make_schedule
 from tlexp.stages import HEAD, Stage, split_stages
 
 
+def check_learning_rates(lr_head, lr_backbone) -> None:
+    """Both base rates must be positive numbers: the one place this rule lives."""
+    for key, value in (("strategy.lr_head", lr_head), ("strategy.lr_backbone", lr_backbone)):
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(key, value, "a learning rate > 0")
+
+
 class TransferModule(L.LightningModule):
     """Backbone and head trained per stage; subclasses define the freeze schedule and the rates."""
 
@@ -46,9 +53,7 @@ class TransferModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
-        for key, value in (("strategy.lr_head", lr_head), ("strategy.lr_backbone", lr_backbone)):
-            if not value > 0:
-                raise ConfigError(key, value, "a learning rate > 0")
+        check_learning_rates(lr_head, lr_backbone)
         if not 0 < lr_decay <= 1:
             raise ConfigError("strategy.lr_decay", lr_decay, "a factor in (0, 1]")
         if bn_policy not in BN_POLICIES:

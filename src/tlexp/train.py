@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlexp.backbone import create_backbone
 from tlexp.callbacks import EpochSeeder, EpochTimer
+from tlexp.data.subset import check_fraction
 from tlexp.errors import ConfigError
 from tlexp.feature_cache import check_setting as check_cache_setting
 from tlexp.feature_cache import resolve as resolve_cache
 from tlexp.loggers import build_loggers, finish_wandb
+from tlexp.module import check_learning_rates
 from tlexp.results import read_result, write_result
 from tlexp.schedules import SCHEDULES
 
@@ -37,13 +39,8 @@ def check_config(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))  # '???' in conf/, e.g. data.root of data=image_folder
     if missing:
         raise ConfigError(missing[0], "???", "a value; this key is required and has no default")
-    fraction = cfg.data.get("fraction")
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
-    for key in ("lr_head", "lr_backbone"):
-        value = cfg.strategy.get(key)
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ConfigError(f"strategy.{key}", value, "a learning rate > 0")
+    check_fraction(cfg.data.get("fraction"))
+    check_learning_rates(cfg.strategy.get("lr_head"), cfg.strategy.get("lr_backbone"))
     if cfg.strategy.get("schedule") not in SCHEDULES:
         raise ConfigError("strategy.schedule", cfg.strategy.get("schedule"), ", ".join(SCHEDULES))
     epochs = cfg.trainer.get("max_epochs")

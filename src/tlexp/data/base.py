@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
-from tlexp.data.subset import stratified_fraction, stratified_split
+from tlexp.data.subset import check_fraction, stratified_fraction, stratified_split
 from tlexp.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ class TransferDataModule(L.LightningDataModule):
                  batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
                  output_dir: str | None = None, test_limit: int | None = None):
         super().__init__()
-        if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-            raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+        check_fraction(fraction)
         if not (isinstance(image_size, int) and image_size >= 8):
             raise ConfigError("data.image_size", image_size, "an integer >= 8 (pixels)")
         if not (isinstance(batch_size, int) and batch_size >= 1):

@@ -7,14 +7,18 @@ import numpy as np
 from tlexp.errors import ConfigError
 
 
+def check_fraction(fraction) -> None:
+    """``data.fraction`` must be in (0, 1]: the one place this rule lives."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+
+
 def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of a stratified ``fraction`` of ``labels`` (at least one per class), sorted.
 
     Each class is permuted by the seed and its prefix taken, so for one seed a smaller
     fraction is always a subset of a larger one.
     """
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
     rng = np.random.default_rng(seed)
     chosen = []
     for cls in np.unique(labels):
