@@ -74,9 +74,13 @@ class Constant:
 SCHEDULES = {"warmup_cosine": WarmupCosine, "one_cycle": OneCycle, "slanted_triangular": SlantedTriangular, "constant": Constant}
 
 
-def make_schedule(name: str, total_steps: int, warmup_fraction: float):
+def check_schedule(name) -> None:
     if name not in SCHEDULES:
         raise ConfigError("strategy.schedule", name, ", ".join(SCHEDULES))
+
+
+def make_schedule(name: str, total_steps: int, warmup_fraction: float):
+    check_schedule(name)
     return SCHEDULES[name](total_steps=total_steps, warmup_fraction=warmup_fraction)
 
 

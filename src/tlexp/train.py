@@ -28,7 +28,7 @@ from tlexp.feature_cache import resolve as resolve_cache
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.module import check_learning_rates
 from tlexp.results import read_result, write_result
-from tlexp.schedules import SCHEDULES
+from tlexp.schedules import check_schedule
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -41,8 +41,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(missing[0], "???", "a value; this key is required and has no default")
     check_fraction(cfg.data.get("fraction"))
     check_learning_rates(cfg.strategy.get("lr_head"), cfg.strategy.get("lr_backbone"))
-    if cfg.strategy.get("schedule") not in SCHEDULES:
-        raise ConfigError("strategy.schedule", cfg.strategy.get("schedule"), ", ".join(SCHEDULES))
+    check_schedule(cfg.strategy.get("schedule"))
     epochs = cfg.trainer.get("max_epochs")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigError("trainer.max_epochs", epochs, "an integer >= 1")
