@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from tlexp.callbacks.finetuning import BN_POLICIES, FineTuning
+from tlexp.callbacks.finetuning import FineTuning, check_bn_policies
 from tlexp.errors import ConfigError
 from tlexp.heads import build_head
 from tlexp.schedules import StageLR, make_schedule
@@ -50,14 +50,17 @@ class TransferModule(L.LightningModule):
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         bn_policy: str = "frozen",
+        bn_trainable: str = "frozen_stats",
+        stage_warmup: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
         check_learning_rates(lr_head, lr_backbone)
         if not 0 < lr_decay <= 1:
             raise ConfigError("strategy.lr_decay", lr_decay, "a factor in (0, 1]")
-        if bn_policy not in BN_POLICIES:
-            raise ConfigError("strategy.bn_policy", bn_policy, ", ".join(BN_POLICIES))
+        check_bn_policies(bn_policy, bn_trainable)
+        if not isinstance(stage_warmup, bool):
+            raise ConfigError("strategy.stage_warmup", stage_warmup, "true or false")
         self.backbone = backbone
         self.head = build_head(head, backbone.num_features, num_classes, head_hidden, head_dropout)
         self.stages: list[Stage] = split_stages(backbone, self.head)
@@ -101,7 +104,7 @@ class TransferModule(L.LightningModule):
 
     # --- Lightning -----------------------------------------------------------------------
     def configure_callbacks(self):
-        return [FineTuning(bn_policy=self.hparams.bn_policy)]
+        return [FineTuning(bn_policy=self.hparams.bn_policy, bn_trainable=self.hparams.bn_trainable)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -147,5 +150,14 @@ class TransferModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.param_groups())
-        schedule = make_schedule(self.hparams.schedule, int(self.trainer.estimated_stepping_batches), self.hparams.warmup_fraction)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": StageLR(optimizer, schedule), "interval": "step"}}
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = make_schedule(self.hparams.schedule, total, self.hparams.warmup_fraction)
+        rewarm = self.rewarm_steps(optimizer, total) if self.hparams.stage_warmup else None
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": StageLR(optimizer, schedule, rewarm), "interval": "step"}}
+
+    def rewarm_steps(self, optimizer, total_steps: int) -> list[tuple[int, int]]:
+        """Per group: (the step its stage unfreezes at, warmup length = the schedule's warmup)."""
+        steps_per_epoch = total_steps // max(1, self.trainer.max_epochs)
+        warmup = max(1, round(self.hparams.warmup_fraction * total_steps))
+        start = self.unfreeze_epochs()
+        return [((start[group["stage"]] or 0) * steps_per_epoch, warmup) for group in optimizer.param_groups]

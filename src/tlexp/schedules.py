@@ -85,14 +85,28 @@ def make_schedule(name: str, total_steps: int, warmup_fraction: float):
 
 
 class StageLR(LambdaLR):
-    """LambdaLR over all groups with one schedule, where a group marked ``frozen`` gets rate 0."""
+    """LambdaLR over all groups with one schedule, where a group marked ``frozen`` gets rate 0.
 
-    def __init__(self, optimizer, schedule, last_epoch: int = -1):
+    ``rewarm``: optional per-group (start step, warmup steps); a group whose stage unfreezes
+    after the first step ramps linearly from 0 over its warmup steps from that start, on top
+    of the shared schedule (as fastai restarts its schedule when it unfreezes)."""
+
+    def __init__(self, optimizer, schedule, rewarm: list[tuple[int, int]] | None = None, last_epoch: int = -1):
+        self.rewarm = rewarm
         super().__init__(optimizer, schedule, last_epoch)
+
+    def _ramp(self, index: int) -> float:
+        if not self.rewarm:
+            return 1.0
+        start, steps = self.rewarm[index]
+        if start <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.last_epoch - start + 1) / steps))
 
     def _rates(self) -> list[float]:
         factor = self.lr_lambdas[0](self.last_epoch)
-        return [0.0 if group.get("frozen") else base * factor for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
+        return [0.0 if group.get("frozen") else base * factor * self._ramp(i)
+                for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs))]
 
     def get_lr(self) -> list[float]:
         return self._rates()

@@ -6,9 +6,9 @@ Design (against the failures of BaseFinetuning, Flash and finetuning-scheduler):
   decay can move it;
 - which stages train is a pure function of the epoch, saved in checkpoints and re-applied on
   resume, so a resumed run continues exactly like an uninterrupted one;
-- the BatchNorm policy of frozen stages is re-applied before every training batch (so also
-  after every validation), because Lightning switches the whole module between train and
-  eval mode around validation.
+- BatchNorm follows two explicit policies, one for frozen stages and one for stages that
+  train, re-applied before every training batch (so also after every validation), because
+  Lightning switches the whole module between train and eval mode around validation.
 """
 
 from __future__ import annotations
@@ -23,12 +23,25 @@ BN_POLICIES = ("frozen", "adapt", "train")
 ``adapt`` weights frozen but running statistics follow the target data (AdaBN-style);
 ``train`` statistics and affine weights both train."""
 
+BN_TRAINABLE = ("frozen_stats", "batch_stats")
+"""For BatchNorm layers in stages that train: ``frozen_stats`` eval mode (the running
+statistics are kept and used, the affine weights train); ``batch_stats`` train mode (each
+batch normalised by its own statistics, running statistics updated)."""
+
+
+def check_bn_policies(bn_policy, bn_trainable) -> None:
+    """The one place the two BatchNorm settings are checked."""
+    if bn_policy not in BN_POLICIES:
+        raise ConfigError("strategy.bn_policy", bn_policy, ", ".join(BN_POLICIES))
+    if bn_trainable not in BN_TRAINABLE:
+        raise ConfigError("strategy.bn_trainable", bn_trainable, ", ".join(BN_TRAINABLE))
+
 
 class FineTuning(Callback):
-    def __init__(self, bn_policy: str = "frozen"):
-        if bn_policy not in BN_POLICIES:
-            raise ConfigError("strategy.bn_policy", bn_policy, ", ".join(BN_POLICIES))
+    def __init__(self, bn_policy: str = "frozen", bn_trainable: str = "frozen_stats"):
+        check_bn_policies(bn_policy, bn_trainable)
         self.bn_policy = bn_policy
+        self.bn_trainable = bn_trainable
         self.unfrozen: list[str] = []
         self.epoch = 0
         self._restored: dict | None = None
@@ -64,9 +77,12 @@ class FineTuning(Callback):
                 config.scheduler.refresh()
 
     def apply_bn_policy(self, pl_module) -> None:
-        """BN of trainable stages in train mode (also once a stage is unfrozen), frozen stages per policy."""
+        """BN of trainable stages per ``bn_trainable`` (also once a stage is unfrozen), of frozen stages per ``bn_policy``."""
         for stage in pl_module.stages:
-            mode = stage.name in self.unfrozen or self.bn_policy != "frozen"
+            if stage.name in self.unfrozen:
+                mode = self.bn_trainable == "batch_stats"
+            else:
+                mode = self.bn_policy != "frozen"
             for bn in stage.batchnorms:
                 if bn.training != mode:  # per batch: skip nn.Module.train's recursion when nothing changes
                     bn.train(mode)
@@ -99,7 +115,7 @@ class FineTuning(Callback):
     # --- checkpoint state ----------------------------------------------------------------------
     def state_dict(self):
         return {"unfrozen": list(self.unfrozen), "epoch": self.epoch, "bn_policy": self.bn_policy,
-                "schedule": getattr(self, "_schedule", None)}
+                "bn_trainable": self.bn_trainable, "schedule": getattr(self, "_schedule", None)}
 
     def setup(self, trainer, pl_module, stage):
         self._schedule = pl_module.unfreeze_epochs()
