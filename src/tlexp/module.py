@@ -7,6 +7,7 @@ A strategy only says *which stages train from which epoch* (``unfreeze_epochs``)
 from __future__ import annotations
 
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from functools import partial
 
 import lightning as L
@@ -15,6 +16,7 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from tlexp.backbone import feature_width
 from tlexp.callbacks.finetuning import FineTuning, check_bn_policies
 from tlexp.errors import ConfigError
 from tlexp.heads import build_head
@@ -27,6 +29,12 @@ def check_learning_rates(lr_head, lr_backbone) -> None:
     for key, value in (("strategy.lr_head", lr_head), ("strategy.lr_backbone", lr_backbone)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ConfigError(key, value, "a learning rate > 0")
+
+
+def _listed(name: str, entries: set[str]) -> bool:
+    """Whether a ``no_weight_decay()`` entry names this parameter: exactly, as an enclosing module
+    (``pos_embed`` for ``pos_embed.weight``) or as a wildcard pattern (XCiT's ``pos_embed.*``), as timm matches them."""
+    return any(name.startswith(entry + ".") or fnmatchcase(name, entry) for entry in entries)
 
 
 class TransferModule(L.LightningModule):
@@ -62,7 +70,7 @@ class TransferModule(L.LightningModule):
         if not isinstance(stage_warmup, bool):
             raise ConfigError("strategy.stage_warmup", stage_warmup, "true or false")
         self.backbone = backbone
-        self.head = build_head(head, backbone.num_features, num_classes, head_hidden, head_dropout)
+        self.head = build_head(head, feature_width(backbone), num_classes, head_hidden, head_dropout)
         self.stages: list[Stage] = split_stages(backbone, self.head)
         self.optimizer_factory = optimizer
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -136,13 +144,16 @@ class TransferModule(L.LightningModule):
         self._step(batch, self.test_acc, "test")
 
     def param_groups(self) -> list[dict]:
-        """Two groups per stage, built once: ``<stage>`` (weights, with decay) and
-        ``<stage>/no_decay`` (norm and bias parameters, no weight decay)."""
+        """Two groups per stage, built once: ``<stage>`` (weights, with decay) and ``<stage>/no_decay``
+        (norm and bias parameters, and those the backbone's ``no_weight_decay()`` names: no weight decay)."""
         rates = self.stage_lrs()
+        listed = set(getattr(self.backbone, "no_weight_decay", set)())
         groups = []
         for stage in self.stages:
-            decay = [p for p in stage.params if p.ndim > 1]
-            no_decay = [p for p in stage.params if p.ndim <= 1]
+            exempt = [p.ndim <= 1 or (stage.name != HEAD and _listed(name, listed))
+                      for name, p in zip(stage.param_names, stage.params)]
+            decay = [p for p, skip in zip(stage.params, exempt) if not skip]
+            no_decay = [p for p, skip in zip(stage.params, exempt) if skip]
             for suffix, params, extra in (("", decay, {}), ("/no_decay", no_decay, {"weight_decay": 0.0})):
                 if params:
                     groups.append({"params": params, "name": stage.name + suffix, "stage": stage.name, "lr": rates[stage.name], **extra})

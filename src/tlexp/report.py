@@ -181,6 +181,18 @@ def jobs_table(jobs: list[Job]) -> Table:
     return Table(columns, rows)
 
 
+def unfinished_table(jobs: list[Job]) -> Table:
+    """Diverged and interrupted jobs, apart from the results: where they stopped and why."""
+    columns = ["job", "status", "strategy", "lr_head", "lr_backbone", "step", "last_finite_loss", "error"]
+    rows = []
+    for job in jobs:
+        if job.status in ("diverged", "interrupted"):
+            details = job.get("diverged") or {}
+            rows.append([job.name, job.status, job.get("strategy"), job.get("lr_head"), job.get("lr_backbone"),
+                         details.get("step"), details.get("last_finite_loss"), job.get("error")])
+    return Table(columns, rows)
+
+
 def race_curves(jobs: list[Job], fraction: float | None) -> dict[str, dict]:
     """Per strategy, per epoch: val/acc (mean, min, max over seeds) and mean elapsed seconds."""
     curves = {}
@@ -509,10 +521,15 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
             parts.append(f"<p class='empty'>{html.escape(section.empty)}</p>")
         if section.table.rows:
             parts.append(f"<div class='section'><div>{table_html(section.table, section.key)}</div>{image_html(section.figure)}</div>")
+    unfinished = unfinished_table(jobs)
+    if unfinished.rows:
+        parts.append("<h2 id='unfinished'>Diverged and interrupted jobs</h2><p>Not in the figures above: a diverged job's "
+                     "loss became non-finite; an interrupted one resumes when the sweep is run again.</p>"
+                     + table_html(unfinished, "unfinished"))
     parts.append("<h2 id='jobs'>All jobs</h2>" + table_html(overview, "jobs") + "</body></html>")
     html_path = out / "report.html"
     html_path.write_text("\n".join(parts))
-    tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts()}
+    tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts()}
     figures_written = {s.key: s.figure.name for s in sections if s.figure is not None}
     (out / "report.json").write_text(json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
                                                 indent=1, default=str))

@@ -8,6 +8,14 @@ from pathlib import Path
 
 RESULT_FILE = "result.json"
 
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
+"""``running`` while the job runs (left behind if it was killed without a chance to write);
+``completed``; ``failed`` (an error); ``diverged`` (non-finite loss, a result of its settings);
+``interrupted`` (a signal stopped it after a checkpoint: re-running resumes it)."""
+FINAL_STATUSES = ("completed", "failed", "diverged")
+DONE_STATUSES = ("completed", "diverged")
+"""A re-run of a sweep skips these: running them again would give the same result."""
+
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):

@@ -4,6 +4,7 @@ sweep), which failed and why; then the report and one W&B summary run of the swe
 Registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks``. It runs in the process that
 launched the sweep (also with the joblib and submitit launchers) and reads only the job directories,
 so it sees the jobs of every launcher and of every earlier invocation into the same sweep directory.
+WandbProbe, registered beside it, asks whether the W&B server answers once per sweep, before any job starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from tlexp.errors import ConfigError
+from tlexp.loggers import resolve_wandb_mode
 from tlexp.report import SUMMARY_FILE, Job, generate, load_jobs, report_figures
 
 log = logging.getLogger("tlexp.sweep")
@@ -31,11 +34,14 @@ def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> st
     return config.get("group") or sweep_dir.name
 
 
+BUCKETS = ("completed", "skipped", "diverged", "interrupted", "failed")
+
+
 def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
     """The sweep_summary.json record: jobs sorted into completed (this invocation), skipped
-    (completed before it started) and failed (with their errors)."""
+    (completed before it started), diverged, interrupted (resumed by the next run) and failed."""
     summary: dict[str, Any] = {"sweep_dir": str(sweep_dir), "group": group, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "completed": [], "skipped": [], "failed": []}
+                               **{bucket: [] for bucket in BUCKETS}}
     for job in jobs:
         entry = {"job": job.name, "strategy": job.get("strategy"), "fraction": job.get("fraction"), "seed": job.get("seed")}
         if job.completed:
@@ -43,8 +49,8 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
             summary["skipped" if job.name in done_before else "completed"].append(entry)
         else:
             entry.update(status=job.status, error=job.get("error") or f"status {job.status}")
-            summary["failed"].append(entry)
-    summary["counts"] = {key: len(summary[key]) for key in ("completed", "skipped", "failed")}
+            summary[job.status if job.status in ("diverged", "interrupted") else "failed"].append(entry)
+    summary["counts"] = {key: len(summary[key]) for key in BUCKETS}
     summary["counts"]["total"] = len(jobs)
     return summary
 
@@ -52,14 +58,16 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
 def format_summary(summary: dict) -> str:
     counts = summary["counts"]
     lines = [f"tlexp sweep {summary['sweep_dir']} (group {summary['group']}): {counts['completed']} completed, "
-             f"{counts['skipped']} skipped (already completed), {counts['failed']} failed, {counts['total']} jobs"]
+             f"{counts['skipped']} skipped (already completed), {counts['diverged']} diverged, "
+             f"{counts['interrupted']} interrupted, {counts['failed']} failed, {counts['total']} jobs"]
     for key in ("completed", "skipped"):
         for entry in summary[key]:
             acc = entry.get("test_acc")
-            lines.append(f"  {key:9s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else ""))
-    for entry in summary["failed"]:
-        error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
-        lines.append(f"  failed    {entry['job']}  {error[-1].strip()}")  # the cause: the last line
+            lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else ""))
+    for key in ("diverged", "interrupted", "failed"):
+        for entry in summary[key]:
+            error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
+            lines.append(f"  {key:11s} {entry['job']}  {error[-1].strip()}")  # the cause: the last line
     return "\n".join(lines)
 
 
@@ -84,13 +92,11 @@ def jobs_as_table(jobs: list[Job]):
 def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: list[Job], summary: dict,
                     figures: list[Path]) -> str | None:
     """One W&B run (job_type=summary) in the sweep's group: the jobs table and the report's figures.
-    Offline unless credentials are present (tlexp.loggers.resolve_wandb_mode); never prompts."""
+    Offline without credentials or a server that answers (tlexp.loggers.resolve_wandb_mode); never prompts."""
     import wandb
 
-    from tlexp.loggers import resolve_wandb_mode
-
     options = dict(logger_cfg.wandb)
-    mode = resolve_wandb_mode(options.get("mode", "auto"))
+    mode = resolve_wandb_mode(options, sweep_dir)
     if mode == "disabled":
         return None
     run = wandb.init(project=options.get("project"), entity=options.get("entity"), group=group, job_type="summary",
@@ -150,3 +156,17 @@ class SweepSummary(Callback):
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
         print("\n" + format_summary(summary) + f"\nsummary: {summary_path}"
               + (f"\nreport:  {summary['report']}" if "report" in summary else ""), flush=True)
+
+
+class WandbProbe(Callback):
+    """Hydra callback: before the jobs start, probes the W&B server once for the whole sweep, in the launching
+    process (tlexp.loggers.resolve_wandb_mode). A server found unreachable is recorded in the environment,
+    which the jobs inherit under every launcher, so they log offline without each waiting and warning."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        logger_cfg = config.get("logger") or {}
+        if "wandb" in logger_cfg:
+            try:
+                resolve_wandb_mode(logger_cfg.wandb, config.hydra.sweep.dir)
+            except ConfigError:  # each job reports it in its result.json, the sweep summary lists them
+                pass

@@ -89,12 +89,14 @@ class FineTuning(Callback):
 
     # --- hooks -----------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module):
+        """Also where a mid-epoch resume gets its stages set: Lightning then skips on_train_epoch_start."""
         schedule = pl_module.unfreeze_epochs()
         if self._restored is not None and self._restored.get("schedule") != schedule:
             raise ConfigError(
                 "ckpt_path", trainer.ckpt_path, "a checkpoint written with the same unfreeze schedule",
                 f"checkpoint schedule {self._restored.get('schedule')} != current {schedule}",
             )
+        self.apply(trainer, pl_module, trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.apply(trainer, pl_module, trainer.current_epoch)

@@ -15,6 +15,9 @@ class EpochTimer(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
+    def on_train_start(self, trainer, pl_module):  # a mid-epoch resume skips on_train_epoch_start
+        self._start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer, pl_module):
         seconds = time.perf_counter() - self._start
         self.elapsed += seconds

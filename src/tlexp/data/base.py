@@ -36,6 +36,18 @@ class Split:
                      None if self.paths is None else [self.paths[i] for i in indices])
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler's seeded per-epoch order; its next epoch can start ``skip`` indices in
+    (the images an interrupted epoch already trained on, after a mid-epoch resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
 class TransferDataModule(L.LightningDataModule):
     def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
@@ -57,6 +69,7 @@ class TransferDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.train_set = self.val_set = self.test_set = None
         self.indices: dict = {}
+        self._resume_batches = 0
 
     # --- what a subclass provides ---------------------------------------------------------
     def load(self) -> tuple[Split, Split | None, Split | None, list[str]]:
@@ -132,10 +145,25 @@ class TransferDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        """Each epoch's order is a function of (seed, epoch), also for every DDP rank."""
+        """Each epoch's order is a function of (seed, epoch), also for every DDP rank; after a
+        mid-epoch resume the first epoch skips, by index, the batches already trained on."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return self._loader(self.train_set, sampler)
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        loader = self._loader(self.train_set, sampler)
+        if 0 < self._resume_batches < len(loader):
+            sampler.skip = self._resume_batches * self.batch_size
+        self._resume_batches = 0
+        return loader
+
+    # --- checkpoint state: the position in the epoch ------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in checkpoints by Lightning (and restored before the loaders are built)."""
+        if self.trainer is None:
+            return {}
+        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_batches = state_dict.get("batches_done", 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -2,6 +2,8 @@
 
 In-memory sources are resized once (the transform is deterministic without augmentation),
 so an epoch costs no per-image resizing; augmentation adds random crops and flips per item.
+Files are decoded by ``load_rgb``, the one decoding rule that ``file_check`` also applies, so
+a file that passed the check at setup decodes the same way in training.
 """
 
 from __future__ import annotations
@@ -11,11 +13,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
+BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited onto white: the RGB under alpha 0 is arbitrary (often black)."""
+
+
+def load_rgb(path) -> Image.Image:
+    """Decode a whole file (truncated data raises) to 8-bit RGB as it is meant to be seen.
+
+    EXIF orientation is applied. 16-bit grayscale (``I;16*``, and ``I``, which PIL also uses for it)
+    is scaled from 0..65535 by 1/257, where PIL's own ``convert`` clips all above 255 to white.
+    Alpha (``RGBA``, ``LA``, ``PA``, or a ``P``/``L``/``RGB`` image with a transparency entry) is
+    composited onto ``BACKGROUND``. Every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ...)
+    is PIL's conversion to RGB.
+    """
+    with Image.open(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            image = Image.fromarray(np.clip(np.rint(np.asarray(image) / 257), 0, 255).astype(np.uint8))
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            image = Image.new("RGBA", rgba.size, BACKGROUND)
+            image.alpha_composite(rgba)
+        return image.convert("RGB")
 
 
 def augmentation(size: int) -> v2.Compose:
@@ -72,6 +97,4 @@ class FileImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index):
-        with Image.open(self.paths[index]) as image:
-            tensor = v2.functional.pil_to_tensor(image.convert("RGB"))
-        return self.transform(tensor), self.labels[index]
+        return self.transform(v2.functional.pil_to_tensor(load_rgb(self.paths[index]))), self.labels[index]

@@ -1,0 +1,124 @@
+"""A job stopped by SIGINT or SIGTERM saves a checkpoint, says "interrupted", and the same command
+resumes it to exactly the weights of an uninterrupted run (also mid-epoch, also under submitit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
+from test_finetuning import build, trainer
+from tlexp.callbacks import Interrupted, Interruption
+from tlexp.strategies import Gradual
+
+
+class SignalAt(Callback):
+    """Sends a real signal to this process after a given training step."""
+
+    def __init__(self, step: int, signum=signal.SIGINT):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_epoch_then_resume_equals_uninterrupted(tmp_path, signum):
+    epochs = 4
+    datamodule, module = build(Gradual, unfreeze_every=1)
+    trainer(epochs, tmp_path / "a").fit(module, datamodule=datamodule)
+    uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
+
+    steps_per_epoch = len(datamodule.train_dataloader())
+    stop_at = steps_per_epoch + 2  # in the middle of the second epoch, after blocks.4 unfroze
+    datamodule, module = build(Gradual, unfreeze_every=1)
+    interruption = Interruption(tmp_path / "ckpt")
+    with pytest.raises(Interrupted) as stopped:
+        trainer(epochs, tmp_path / "b", [SignalAt(stop_at, signum), interruption]).fit(module, datamodule=datamodule)
+    assert stopped.value.step == stop_at and stopped.value.epoch == 1
+    assert signal.getsignal(signal.SIGINT) is not interruption._on_sigint  # handler restored
+    checkpoint = tmp_path / "ckpt" / "interrupted.ckpt"
+    assert checkpoint.is_file()
+
+    datamodule, resumed = build(Gradual, unfreeze_every=1, seed=7 + 1)  # every value must come from the checkpoint
+    datamodule.seed, datamodule.train_set = 7, None
+    datamodule.setup()
+    trainer(epochs, tmp_path / "c").fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
+    final = resumed.state_dict()
+    assert [k for k in final if not torch.equal(final[k], uninterrupted[k])] == []
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _weights(checkpoint: Path) -> dict:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+RUN = ("strategy=gradual", "trainer.max_epochs=12", "data.train_per_class=128", "seed=3")
+
+
+@pytest.mark.slow
+def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
+    reference = run_train(tmp_path / "reference", *RUN)
+    assert reference.returncode == 0
+    args = merge_overrides(*RUN, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'runs' / 'first'}")
+    child = subprocess.Popen([PYTHON, "train.py", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    first = tmp_path / "runs" / "first"
+    _wait_for(lambda: (first / "checkpoints" / "last.ckpt").is_file() or child.poll() is not None, 300, "the first epoch")
+    child.send_signal(signal.SIGINT)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == 130, output[-3000:]
+    record = read_json(first / "result.json")
+    assert record["status"] == "interrupted" and Path(record["resume_checkpoint"]).is_file(), record
+    assert output.count("run the same command again to resume") == 1
+
+    second = run_train(tmp_path / "runs" / "second", *RUN)  # the same command: a new run directory beside it
+    assert "resuming the interrupted job" in second.stdout
+    resumed = read_json(tmp_path / "runs" / "second" / "result.json")
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == record["resume_checkpoint"]
+    assert read_json(first / "result.json")["resumed_in"] == str(tmp_path / "runs" / "second")
+    final, expected = _weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
+
+
+@pytest.mark.slow
+def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path):
+    """hydra/launcher=submitit_local runs each job as a real submitit job (the SLURM code path)."""
+    reference = run_train(tmp_path / "reference", *RUN)
+    sweep = tmp_path / "sweep"
+    overrides = (*RUN, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    args = merge_overrides(*overrides, f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
+    launcher = subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: any(sweep.glob("*/checkpoints/last.ckpt")) or launcher.poll() is not None, 300, "the job's first epoch")
+    jobs = subprocess.run(["pgrep", "-f", f"submitit.core._submit.*{sweep}"], capture_output=True, text=True).stdout.split()
+    assert jobs, "no submitit job process found"
+    for pid in jobs:
+        os.kill(int(pid), signal.SIGTERM)  # what SLURM sends on preemption or scancel
+    output, _ = launcher.communicate(timeout=180)
+    job_dir = next(sweep.glob("*/result.json")).parent
+    record = read_json(job_dir / "result.json")
+    assert record["status"] == "interrupted", (record, output[-3000:])
+
+    again = run_train(sweep, *overrides, multirun=True)
+    record = read_json(job_dir / "result.json")
+    assert record["status"] == "completed" and record["resumed_from"], again.stdout[-3000:]
+    final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
+    assert reference.returncode == 0
