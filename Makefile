@@ -1,21 +1,42 @@
 # tlexp: `make help` lists the targets.
-PYTHON ?= python3.11
+# The interpreter for .venv: PYTHON=... wins; otherwise the first of PYTHON_CANDIDATES on PATH that
+# runs and is 3.10-3.13 (the Pythons torch wheels exist for). Looked up only when a recipe needs it,
+# so `make help` / `make clean` work without any Python.
+PYTHON_CANDIDATES := python3.11 python3.12 python3.13 python3.10 python3
+PYTHON_SUPPORTED := import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))
+NO_PYTHON := no supported Python (3.10-3.13) found on PATH; tried: $(PYTHON_CANDIDATES). \
+  Install one, or name it: make setup PYTHON=/path/to/python3.12
+ifeq ($(strip $(PYTHON)),)
+PYTHON = $(eval PYTHON := $(shell for p in $(PYTHON_CANDIDATES); do \
+  command -v $$p >/dev/null 2>&1 && $$p -c '$(PYTHON_SUPPORTED)' >/dev/null 2>&1 && { echo $$p; break; }; \
+  done))$(or $(PYTHON),$(error $(NO_PYTHON)))
+endif
 VENV ?= .venv
-# The torch build to install first (override e.g. TORCH_SPEC="torch torchvision" or a CPU index).
-TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The torch build to install first: the pinned local wheel where one lies ready for $(PYTHON), else
+# the regular `torch torchvision` wheels. A TORCH_SPEC you give (e.g. TORCH_SPEC="torch torchvision"
+# or a CPU index) is installed as is, with no fallback.
+ifeq ($(origin TORCH_SPEC),undefined)
+TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
+TORCH_FALLBACK := torch torchvision
+endif
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export WANDB_SILENT ?= true
 
-.PHONY: help setup data train test test-fast clean
+.PHONY: help python setup data train test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
+python: ## print the interpreter that `make setup` creates .venv with (override: PYTHON=...)
+	@$(PYTHON) -c 'import sys; print(sys.argv[1] + ":", sys.version.split()[0], sys.executable)' '$(PYTHON)'
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install $(TORCH_SPEC)$(if $(TORCH_FALLBACK), || { \
+	  echo "tlexp: $(TORCH_SPEC) is not installable for $(PYTHON); installing the regular wheels: pip install $(TORCH_FALLBACK)"; \
+	  $(BIN)/pip install $(TORCH_FALLBACK); })
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
@@ -31,7 +52,7 @@ data: ## install the default dataset (Debian package dataset-fashion-mnist) wher
 train: setup data ## set up, then run the default experiment (python train.py)
 	$(BIN)/python train.py
 
-test: setup data ## set up, then run the whole test suite (CPU, ~15 min on 2 cores)
+test: setup data ## set up, then run the whole test suite (CPU, several minutes on 2 cores)
 	$(BIN)/pytest -q
 
 test-fast: setup ## the tests that do not start train.py subprocesses

@@ -21,6 +21,16 @@ Settings that only pick the subset (fraction, seed) reach the key through the in
 a sweep over fractions reuses the validation and test features. A changed
 key computes the features again; jobs of a sweep that share a key load them from disk.
 
+Concurrent jobs (a parallel sweep, or sweeps on several nodes sharing the directory) compute
+a missing key once: the job that computes holds an exclusive ``fcntl.flock`` on
+``<key>.pt.lock``; the others wait for it (one info log line) and then load its file. The
+kernel drops the lock when its process ends, crashed or killed, so there are no stale locks;
+the empty lock files stay in the directory (removing one while a job waits on it would let a
+third job compute beside the first). Files are written under a temporary name and renamed, so
+a reader sees a complete file or none. Without ``fcntl`` (Windows), or on a filesystem without
+locking (e.g. Lustre mounted without ``flock``; NFS with ``local_lock=flock`` locks per node only),
+jobs that start together may each compute the same features; the results are still correct.
+
 The datasets of the datamodule are replaced by ``TensorDataset(features, labels)`` of the
 same length, so its seeded sampler gives every epoch the same order as an uncached run; the
 datamodule leaves 2-D (feature) batches unnormalised and the ``Frozen`` module skips the
@@ -29,10 +39,12 @@ backbone for them. The model is untouched: checkpoints hold the whole network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 import weakref
 from pathlib import Path
@@ -43,6 +55,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tlexp.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, see the module docstring
+    fcntl = None
 
 log = logging.getLogger("tlexp")
 
@@ -174,9 +191,47 @@ def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_siz
 def _save(path: Path, payload: dict) -> None:
     """Write atomically, so concurrent jobs of a sweep never read a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    # pid and a random part: jobs on other nodes of a shared filesystem can have the same pid
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _computing(path: Path | None):
+    """Hold an exclusive lock on ``<path>.lock`` while computing the features stored at ``path``.
+
+    Waits (with one info log line) while another process holds it. ``flock`` locks are released
+    by the kernel when the process ends, however it ends. No lock for an in-memory cache, without
+    ``fcntl`` (debug log) or where the filesystem refuses locks (warning): the atomic ``_save``
+    keeps concurrent jobs correct, they may only compute the same features twice.
+    """
+    if path is None or fcntl is None:
+        if path is not None:
+            log.debug("feature cache: no fcntl on this platform, computing %s without a lock", path)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:  # writable: NFS emulates flock with fcntl locks
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another job computing the feature cache %s", path)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            locked = True
+        except OSError as error:  # e.g. ENOLCK/ENOSYS: a network filesystem without lock support
+            log.warning("feature cache: cannot lock %s (%s), computing without a lock", lock.name, error)
+            locked = False
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(lock, fcntl.LOCK_UN)  # also if a forked child still holds the file open
 
 
 def _load(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -227,13 +282,19 @@ def cache_datamodule(backbone: nn.Module, datamodule, cache_dir: str | Path | No
                          and f.source() is dataset and f.weights == weights), None)
             loaded = same or (_load(path, key) if path else None)
             hit = loaded is not None
-            if loaded is None:
-                if not moved:
-                    backbone.to(device)
-                    moved = True
-                loaded = compute_features(backbone, dataset, datamodule.normalize, batch_size or max(datamodule.batch_size, 256), device)
-                if path:
-                    _save(path, {"key": key, "fields": fields, "features": loaded[0], "labels": loaded[1]})
+            if not hit:
+                with _computing(path):
+                    # another job may have stored the file while this one waited for the lock
+                    loaded = _load(path, key) if path else None
+                    hit = loaded is not None
+                    if not hit:
+                        if not moved:
+                            backbone.to(device)
+                            moved = True
+                        loaded = compute_features(backbone, dataset, datamodule.normalize,
+                                                  batch_size or max(datamodule.batch_size, 256), device)
+                        if path:
+                            _save(path, {"key": key, "fields": fields, "features": loaded[0], "labels": loaded[1]})
             setattr(datamodule, f"{split}_set", FeatureDataset(*loaded, key=key, source=dataset, weights=weights))
             report[split] = {"key": key, "hit": hit, "seconds": time.perf_counter() - started, "path": str(path) if path else None}
             log.info("feature cache %s: %s %d x %d (%s, %.2f s)", split, "loaded" if hit else "computed",
