@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["model=tiny", "data=synthetic", "strategy=gradual", "trainer=ddp", "trainer.accelerator=cpu",
@@ -41,6 +42,12 @@ def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
     assert [float(r["stages/unfrozen"]) for r in rows if r.get("stages/unfrozen")] == [1.0, 2.0, 3.0]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed"
+    # bn_trainable=frozen_stats (default): the running statistics never moved, on any rank (all equal), from
+    # their initial values (random init: mean 0, variance 1, no batches counted)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    stats = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+    assert stats and all(torch.equal(v, torch.ones_like(v) if k.endswith("running_var") else torch.zeros_like(v))
+                         for k, v in stats.items())
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     # the second rank re-ran in the same directory: no new timestamped run dirs anywhere
     assert not (ROOT / "logs" / "train" / "runs").exists() or all(
