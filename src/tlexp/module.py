@@ -48,7 +48,7 @@ class TransferModule(L.LightningModule):
         backbone: nn.Module,
         num_classes: int,
         optimizer: Callable = partial(torch.optim.AdamW, weight_decay=0.01),
-        lr_head: float = 1e-3,
+        lr_head: float = 1e-2,
         lr_backbone: float = 1e-4,
         lr_decay: float = 1.0,
         schedule: str = "warmup_cosine",

@@ -30,12 +30,13 @@ def resumable(record: dict | None) -> bool:
 
 def find_interrupted_run(runs_dir: Path, overrides: list[str], current: Path) -> Path | None:
     """For a single run: the newest earlier run directory with the same overrides that a signal
-    interrupted and that no later run has resumed yet (a run still in progress is never taken)."""
+    interrupted and that no later run has resumed yet (a run still in progress is never taken); the
+    order of the overrides does not matter."""
     candidates = []
     for result in runs_dir.glob("*/result.json"):
         job_dir = result.parent
         record = read_result(job_dir)
         if (job_dir != current and record and record.get("status") == "interrupted" and not record.get("resumed_in")
-                and record.get("overrides") == overrides and resume_checkpoint(job_dir)):
+                and sorted(record.get("overrides") or []) == sorted(overrides) and resume_checkpoint(job_dir)):
             candidates.append(job_dir)
     return max(candidates, key=lambda d: (d / "result.json").stat().st_mtime) if candidates else None
