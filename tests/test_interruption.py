@@ -88,7 +88,8 @@ def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
     assert record["status"] == "interrupted" and Path(record["resume_checkpoint"]).is_file(), record
     assert output.count("run the same command again to resume") == 1
 
-    second = run_train(tmp_path / "runs" / "second", *RUN)  # the same command: a new run directory beside it
+    # the same command (same overrides, also paths.data_dir), which gets a new run directory beside the first
+    second = run_train(tmp_path / "runs" / "second", *RUN, f"paths.data_dir={tmp_path / 'data'}")
     assert "resuming the interrupted job" in second.stdout
     resumed = read_json(tmp_path / "runs" / "second" / "result.json")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == record["resume_checkpoint"]
