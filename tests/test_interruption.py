@@ -3,6 +3,7 @@ resumes it to exactly the weights of an uninterrupted run (also mid-epoch, also 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,3 +124,17 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path)
     final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
     assert reference.returncode == 0
+
+
+@pytest.mark.slow
+def test_job_killed_without_a_word_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL or the OOM killer leave result.json at "running" (written when the job starts)."""
+    run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
+    job_dir = next(tmp_path.glob("*/result.json")).parent
+    record = read_json(job_dir / "result.json")
+    (job_dir / "result.json").write_text(json.dumps({**record, "status": "running"}))  # as a killed job leaves it
+    summary = read_json(tmp_path / "sweep_summary.json")
+    again = run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
+    resumed = read_json(job_dir / "result.json")
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
+    assert "resuming the interrupted job" in again.stdout and summary["counts"]["completed"] == 1

@@ -49,7 +49,8 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
             summary["skipped" if job.name in done_before else "completed"].append(entry)
         else:
             entry.update(status=job.status, error=job.get("error") or f"status {job.status}")
-            summary[job.status if job.status in ("diverged", "interrupted") else "failed"].append(entry)
+            bucket = "interrupted" if job.status in ("interrupted", "running") else job.status  # running: killed
+            summary[bucket if bucket in ("diverged", "interrupted") else "failed"].append(entry)
     summary["counts"] = {key: len(summary[key]) for key in BUCKETS}
     summary["counts"]["total"] = len(jobs)
     return summary

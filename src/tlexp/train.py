@@ -184,6 +184,7 @@ def main(cfg: DictConfig) -> float | None:
         "weight_decay": cfg.strategy.get("optimizer", {}).get("weight_decay"), "group": group,
         "tags": list(cfg.get("tags", [])), "resumed_from": str(ckpt_path) if ckpt_path else None,
     }
+    report(record, output_dir)  # "running" on disk: a job killed without a word (SIGKILL) resumes next time
     started = time.perf_counter()
     interruption: BaseException | None = None
     try:
