@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from test_finetuning import SEED, build, trainer
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 from tlexp.strategies import STRATEGIES, Gradual
 
 
@@ -64,6 +64,7 @@ def test_frozen_stats_survive_a_resume_across_unfreezing(tmp_path):
     assert changed(buffers, bn_buffers(resumed)) == set()
 
 
-def test_bad_bn_trainable_names_the_key():
-    with pytest.raises(ConfigError, match="strategy.bn_trainable.*frozen_stats, batch_stats"):
-        build(Gradual, bn_trainable="eval")
+def test_bad_bn_trainable_is_refused_by_the_plan():
+    """The config layer names the key (tests/test_config.py); a module built in Python is refused by its plan."""
+    with pytest.raises(InvalidValue, match="bn_trainable='eval'.*frozen_stats, batch_stats"):
+        build(Gradual, bn_trainable="eval")[1].plan

@@ -1,14 +1,15 @@
 """The LightningModule every strategy shares: backbone + new head, named stage groups, metrics.
 
-A strategy only says *which stages train from which epoch* (``unfreeze_epochs``) and
-*at which base rate* (``stage_lrs``); the FineTuning callback applies that schedule.
+A strategy only says *which stages train from which epoch* (``start_epochs``) and *at which
+base rate* (``stage_lrs``); both become its ``FreezePlan``, which the FineTuning callback
+and the ``StageLR`` scheduler apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from functools import partial
+from functools import cached_property, partial
 
 import lightning as L
 import torch
@@ -17,18 +18,11 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from tlexp.backbone import feature_width
-from tlexp.callbacks.finetuning import FineTuning, check_bn_policies
-from tlexp.errors import ConfigError
+from tlexp.callbacks.finetuning import FineTuning
+from tlexp.freeze_plan import FreezePlan
 from tlexp.heads import build_head
 from tlexp.schedules import StageLR, make_schedule
 from tlexp.stages import HEAD, Stage, split_stages
-
-
-def check_learning_rates(lr_head, lr_backbone) -> None:
-    """Both base rates must be positive numbers: the one place this rule lives."""
-    for key, value in (("strategy.lr_head", lr_head), ("strategy.lr_backbone", lr_backbone)):
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ConfigError(key, value, "a learning rate > 0")
 
 
 def _listed(name: str, entries: set[str]) -> bool:
@@ -63,12 +57,6 @@ class TransferModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
-        check_learning_rates(lr_head, lr_backbone)
-        if not 0 < lr_decay <= 1:
-            raise ConfigError("strategy.lr_decay", lr_decay, "a factor in (0, 1]")
-        check_bn_policies(bn_policy, bn_trainable)
-        if not isinstance(stage_warmup, bool):
-            raise ConfigError("strategy.stage_warmup", stage_warmup, "true or false")
         self.backbone = backbone
         self.head = build_head(head, feature_width(backbone), num_classes, head_hidden, head_dropout)
         self.stages: list[Stage] = split_stages(backbone, self.head)
@@ -84,7 +72,7 @@ class TransferModule(L.LightningModule):
     def backbone_stages(self) -> list[Stage]:
         return [stage for stage in self.stages if stage.name != HEAD]
 
-    def unfreeze_epochs(self) -> dict[str, int | None]:
+    def start_epochs(self) -> dict[str, int | None]:
         """Epoch from which each stage trains (None: never). Default: everything from the start."""
         return {stage.name: 0 for stage in self.stages}
 
@@ -96,23 +84,18 @@ class TransferModule(L.LightningModule):
             rates[stage.name] = self.hparams.lr_backbone * self.hparams.lr_decay**depth
         return rates
 
-    def frozen_depth(self) -> int:
-        """How many backbone stages, counted from the input, are frozen at the first epoch."""
-        start = self.unfreeze_epochs()
-        depth = 0
-        for stage in self.backbone_stages:
-            if start[stage.name] == 0:
-                break
-            depth += 1
-        return depth
+    def freeze_plan(self) -> FreezePlan:
+        """The strategy's decisions, checked: everything else reads them through ``plan``."""
+        return FreezePlan.of(self.stages, self.start_epochs(), self.stage_lrs(),
+                             bn_policy=self.hparams.bn_policy, bn_trainable=self.hparams.bn_trainable)
 
-    def trainable_params(self, epoch: int = 0) -> int:
-        start = self.unfreeze_epochs()
-        return sum(s.numel for s in self.stages if start[s.name] is not None and start[s.name] <= epoch)
+    @cached_property
+    def plan(self) -> FreezePlan:
+        return self.freeze_plan()
 
     # --- Lightning -----------------------------------------------------------------------
     def configure_callbacks(self):
-        return [FineTuning(bn_policy=self.hparams.bn_policy, bn_trainable=self.hparams.bn_trainable)]
+        return [FineTuning()]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -145,8 +128,9 @@ class TransferModule(L.LightningModule):
 
     def param_groups(self) -> list[dict]:
         """Two groups per stage, built once: ``<stage>`` (weights, with decay) and ``<stage>/no_decay``
-        (norm and bias parameters, and those the backbone's ``no_weight_decay()`` names: no weight decay)."""
-        rates = self.stage_lrs()
+        (norm and bias parameters, and those the backbone's ``no_weight_decay()`` names: no weight decay).
+        ``batchnorm`` marks a group holding BatchNorm affine weights, which ``bn_policy=train`` trains in frozen stages."""
+        rates = self.plan.base_lrs
         listed = set(getattr(self.backbone, "no_weight_decay", set)())
         groups = []
         for stage in self.stages:
@@ -154,21 +138,17 @@ class TransferModule(L.LightningModule):
                       for name, p in zip(stage.param_names, stage.params)]
             decay = [p for p, skip in zip(stage.params, exempt) if not skip]
             no_decay = [p for p, skip in zip(stage.params, exempt) if skip]
+            affine = {id(p) for bn in stage.batchnorms for p in (bn.weight, bn.bias) if p is not None}
             for suffix, params, extra in (("", decay, {}), ("/no_decay", no_decay, {"weight_decay": 0.0})):
                 if params:
-                    groups.append({"params": params, "name": stage.name + suffix, "stage": stage.name, "lr": rates[stage.name], **extra})
+                    groups.append({"params": params, "name": stage.name + suffix, "stage": stage.name, "lr": rates[stage.name],
+                                   "batchnorm": any(id(p) in affine for p in params), **extra})
         return groups
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.param_groups())
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = make_schedule(self.hparams.schedule, total, self.hparams.warmup_fraction)
-        rewarm = self.rewarm_steps(optimizer, total) if self.hparams.stage_warmup else None
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": StageLR(optimizer, schedule, rewarm), "interval": "step"}}
-
-    def rewarm_steps(self, optimizer, total_steps: int) -> list[tuple[int, int]]:
-        """Per group: (the step its stage unfreezes at, warmup length = the schedule's warmup)."""
-        steps_per_epoch = total_steps // max(1, self.trainer.max_epochs)
-        warmup = max(1, round(self.hparams.warmup_fraction * total_steps))
-        start = self.unfreeze_epochs()
-        return [((start[group["stage"]] or 0) * steps_per_epoch, warmup) for group in optimizer.param_groups]
+        scheduler = StageLR(optimizer, make_schedule(self.hparams.schedule, total, self.hparams.warmup_fraction), self.plan,
+                            steps_per_epoch=total // max(1, self.trainer.max_epochs), rewarm=self.hparams.stage_warmup,
+                            warmup_steps=round(self.hparams.warmup_fraction * total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

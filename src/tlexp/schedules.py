@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from torch.optim.lr_scheduler import LambdaLR
 
-from tlexp.errors import ConfigError
-
 
 @dataclass
 class WarmupCosine:
@@ -74,45 +72,43 @@ class Constant:
 SCHEDULES = {"warmup_cosine": WarmupCosine, "one_cycle": OneCycle, "slanted_triangular": SlantedTriangular, "constant": Constant}
 
 
-def check_schedule(name) -> None:
-    if name not in SCHEDULES:
-        raise ConfigError("strategy.schedule", name, ", ".join(SCHEDULES))
-
-
 def make_schedule(name: str, total_steps: int, warmup_fraction: float):
-    check_schedule(name)
     return SCHEDULES[name](total_steps=total_steps, warmup_fraction=warmup_fraction)
 
 
 class StageLR(LambdaLR):
-    """LambdaLR over all groups with one schedule, where a group marked ``frozen`` gets rate 0.
+    """LambdaLR over all groups with one schedule, reading the freeze plan: a group that does not
+    train in the current epoch (``enter_epoch``; ``FreezePlan.trains``) gets rate 0.
 
-    ``rewarm``: optional per-group (start step, warmup steps); a group whose stage unfreezes
-    after the first step ramps linearly from 0 over its warmup steps from that start, on top
-    of the shared schedule (as fastai restarts its schedule when it unfreezes)."""
+    ``rewarm``: a group whose stage unfreezes after the first epoch ramps linearly from 0 over
+    ``warmup_steps`` from its first step, on top of the shared schedule (as fastai restarts its
+    schedule when it unfreezes). Each group's base rate is its stage's plan rate."""
 
-    def __init__(self, optimizer, schedule, rewarm: list[tuple[int, int]] | None = None, last_epoch: int = -1):
-        self.rewarm = rewarm
-        super().__init__(optimizer, schedule, last_epoch)
+    def __init__(self, optimizer, schedule, plan, steps_per_epoch: int, rewarm: bool = False, warmup_steps: int = 1):
+        self.plan, self.epoch = plan, 0
+        self.steps_per_epoch, self.rewarm, self.warmup_steps = steps_per_epoch, rewarm, max(1, warmup_steps)
+        super().__init__(optimizer, schedule)
 
-    def _ramp(self, index: int) -> float:
-        if not self.rewarm:
+    def _ramp(self, stage: str) -> float:
+        start = (self.plan.start[stage] or 0) * self.steps_per_epoch
+        if not self.rewarm or start <= 0:
             return 1.0
-        start, steps = self.rewarm[index]
-        if start <= 0:
-            return 1.0
-        return min(1.0, max(0.0, (self.last_epoch - start + 1) / steps))
+        return min(1.0, max(0.0, (self.last_epoch - start + 1) / self.warmup_steps))
 
     def _rates(self) -> list[float]:
         factor = self.lr_lambdas[0](self.last_epoch)
-        return [0.0 if group.get("frozen") else base * factor * self._ramp(i)
-                for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs))]
+        return [base * factor * self._ramp(group["stage"]) if self.plan.trains(group["stage"], self.epoch, group.get("batchnorm", False))
+                else 0.0 for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def get_lr(self) -> list[float]:
         return self._rates()
 
-    def refresh(self) -> None:
-        """Re-apply the current rates after groups were frozen or unfrozen, without stepping."""
+    def enter_epoch(self, epoch: int) -> None:
+        """Set the rates for ``epoch``'s trainable stages now, without stepping the schedule."""
+        self.epoch = epoch
         for group, rate in zip(self.optimizer.param_groups, self._rates()):
             group["lr"] = rate
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        """Plain values only (checkpoints load with ``weights_only``): the plan comes from the module."""
+        return {key: value for key, value in super().state_dict().items() if key != "plan"}

@@ -1,0 +1,122 @@
+"""The freeze plan: what a strategy decides, written down once.
+
+A strategy's whole difference from the shared base is which stages train from which epoch, at
+which base rate, with which BatchNorm modes. ``FreezePlan`` holds exactly that, is checked when
+it is made, answers every question the rest of tlexp asks about it (trainable stages at an
+epoch, frozen depth, trainable parameters), and travels in checkpoints as plain values.
+``freeze`` applies it to a module, with or without a Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from tlexp.errors import InvalidValue
+from tlexp.stages import HEAD, Stage
+
+BN_POLICIES = ("frozen", "adapt", "train")
+"""For BatchNorm layers in frozen stages: ``frozen`` eval mode, statistics untouched;
+``adapt`` weights frozen but running statistics follow the target data (AdaBN-style);
+``train`` statistics and affine weights both train."""
+
+BN_TRAINABLE = ("frozen_stats", "batch_stats")
+"""For BatchNorm layers in stages that train: ``frozen_stats`` eval mode (the running
+statistics are kept and used, the affine weights train); ``batch_stats`` train mode (each
+batch normalised by its own statistics, running statistics updated)."""
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """Per stage (input to output, ``head`` last): the first epoch it trains (None: never), its base
+    rate and its parameter count; and the BatchNorm mode of frozen and of training stages."""
+
+    stages: tuple[str, ...]
+    start: dict[str, int | None]
+    base_lrs: dict[str, float]
+    sizes: dict[str, int] = field(repr=False)
+    bn_policy: str = "frozen"
+    bn_trainable: str = "frozen_stats"
+
+    def __post_init__(self):
+        if not self.stages or self.stages[-1] != HEAD:
+            raise InvalidValue("stages", self.stages, f"stage names ending with {HEAD!r}")
+        for name, mapping in (("start", self.start), ("base_lrs", self.base_lrs), ("sizes", self.sizes)):
+            if set(mapping) != set(self.stages):
+                raise InvalidValue(name, sorted(mapping), f"one entry per stage: {list(self.stages)}")
+        for stage, epoch in self.start.items():
+            if epoch is not None and not (isinstance(epoch, int) and epoch >= 0):
+                raise InvalidValue("start", {stage: epoch}, "an epoch number >= 0 or None (never) per stage")
+        for stage, rate in self.base_lrs.items():
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+                raise InvalidValue("base_lrs", {stage: rate}, "a learning rate > 0 per stage")
+        if self.bn_policy not in BN_POLICIES:
+            raise InvalidValue("bn_policy", self.bn_policy, ", ".join(BN_POLICIES))
+        if self.bn_trainable not in BN_TRAINABLE:
+            raise InvalidValue("bn_trainable", self.bn_trainable, ", ".join(BN_TRAINABLE))
+
+    @classmethod
+    def of(cls, stages: list[Stage], start: dict[str, int | None], base_lrs: dict[str, float], **bn) -> FreezePlan:
+        names = tuple(stage.name for stage in stages)
+        return cls(names, {n: start.get(n) for n in names}, dict(base_lrs), {s.name: s.numel for s in stages}, **bn)
+
+    def trainable(self, epoch: int) -> list[str]:
+        """The stages that train in ``epoch``, input to output."""
+        return [name for name in self.stages if self.start[name] is not None and epoch >= self.start[name]]
+
+    def trains(self, stage: str, epoch: int, batchnorm: bool = False) -> bool:
+        """Whether ``stage``'s parameters train in ``epoch``; ``batchnorm``: its BN affine weights,
+        which also train in a frozen stage under ``bn_policy=train``."""
+        started = self.start[stage] is not None and epoch >= self.start[stage]
+        return started or (batchnorm and self.bn_policy == "train")
+
+    @property
+    def backbone_stages(self) -> tuple[str, ...]:
+        return self.stages[:-1]
+
+    @property
+    def frozen_depth(self) -> int:
+        """How many backbone stages, counted from the input, are frozen in the first epoch."""
+        depth = 0
+        for name in self.backbone_stages:
+            if self.start[name] == 0:
+                break
+            depth += 1
+        return depth
+
+    def trainable_params(self, epoch: int = 0) -> int:
+        return sum(self.sizes[name] for name in self.trainable(epoch))
+
+    def to_dict(self) -> dict:
+        """Plain values: for checkpoints and ``result.json``."""
+        return {**asdict(self), "stages": list(self.stages)}
+
+
+def freeze(module, epoch: int, bn_policy: str | None = None, bn_trainable: str | None = None) -> list[str]:
+    """Apply ``module.plan`` at ``epoch``: ``requires_grad`` per stage (``FreezePlan.trains``) and the
+    BatchNorm modes. ``bn_policy``/``bn_trainable`` replace the plan's. Returns the trainable stage names."""
+    plan = module.plan
+    if bn_policy or bn_trainable:
+        plan = replace(plan, bn_policy=bn_policy or plan.bn_policy, bn_trainable=bn_trainable or plan.bn_trainable)
+    for stage in module.stages:
+        for param in stage.params:
+            param.requires_grad_(plan.trains(stage.name, epoch))
+        for bn in stage.batchnorms:
+            for param in (bn.weight, bn.bias):
+                if param is not None:
+                    param.requires_grad_(plan.trains(stage.name, epoch, batchnorm=True))
+    trainable = plan.trainable(epoch)
+    set_batchnorm_modes(module.stages, trainable, plan.bn_policy, plan.bn_trainable)
+    return trainable
+
+
+def set_batchnorm_modes(stages: list[Stage], trainable: list[str], bn_policy: str, bn_trainable: str) -> None:
+    """BN of training stages per ``bn_trainable``, of frozen stages per ``bn_policy``.
+
+    Re-applied before every training batch: Lightning switches the whole module to train mode
+    after each validation. Only layers whose mode differs are touched (this runs per batch)."""
+    for stage in stages:
+        mode = bn_trainable == "batch_stats" if stage.name in trainable else bn_policy != "frozen"
+        for bn in stage.batchnorms:
+            if bn.training != mode:
+                bn.train(mode)

@@ -1,0 +1,19 @@
+"""The transfer strategies, one module each, and ``STRATEGIES``: the one registry of their names.
+
+A strategy differs from the shared base (``tlexp.module.TransferModule``) only in its freeze
+plan (which stages train from which epoch, at which rate), its initialisation or its loss.
+Configs name a class here (``_target_: tlexp.strategies.Gradual``); the report, the search
+spaces and the tests take the names and their order from ``STRATEGIES``.
+"""
+
+from tlexp.strategies.discriminative import Discriminative
+from tlexp.strategies.frozen import Frozen
+from tlexp.strategies.full import Full
+from tlexp.strategies.gradual import Gradual
+from tlexp.strategies.partial import Partial
+from tlexp.strategies.scratch import Scratch
+
+STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative)}
+"""name -> class, from the least to the most adapted backbone; the order the report draws them in."""
+
+__all__ = ["STRATEGIES", "Discriminative", "Frozen", "Full", "Gradual", "Partial", "Scratch"]
