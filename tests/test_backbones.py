@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from test_finetuning import changed, snapshot
 from tlexp.backbone import create_backbone, feature_width
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 from tlexp.stages import HEAD, split_stages
 from tlexp.strategies import Partial
 
@@ -106,7 +106,7 @@ def check_partial_step(backbone, img_size, root):
 @pytest.mark.parametrize("name,img_size,kwargs", ARCHITECTURES, ids=[a[0] for a in ARCHITECTURES])
 def test_backbone_trains_by_stage(tmp_path, name, img_size, kwargs):
     torch.manual_seed(0)
-    backbone = create_backbone(name, img_size=img_size, **kwargs)
+    backbone = create_backbone(name, img_size=img_size, kwargs=kwargs)
     backbone.eval()
     with torch.no_grad():
         features = pre_logits(backbone, torch.randn(2, 3, img_size, img_size))
@@ -121,7 +121,7 @@ def test_backbone_trains_by_stage(tmp_path, name, img_size, kwargs):
     ("xcit_nano_12_p16_224", {"cls_token", "pos_embed.token_projection.weight"}),  # listed as the pattern 'pos_embed.*'
 ])
 def test_no_weight_decay_parameters_land_in_no_decay_groups(name, listed):
-    backbone = create_backbone(name, img_size=32, depth=2)
+    backbone = create_backbone(name, img_size=32, kwargs={"depth": 2})
     module = Partial(backbone, 3, frozen_depth=0)
     group_of = {id(p): group["name"] for group in module.param_groups() for p in group["params"]}
     named = dict(backbone.named_parameters())
@@ -183,6 +183,7 @@ def test_timm_model_without_matcher_falls_back(tmp_path, monkeypatch):
     assert [s.name for s in module.stages] == ["conv1", "bn1", *(f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)), HEAD]
 
 
-def test_a_size_the_model_cannot_take_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"data.image_size=32 .*accepted: 224"):
+def test_a_size_the_model_cannot_take_is_refused():
+    """By its parameter name here; ``train.build`` reports it as ``data.image_size`` (tests/test_errors.py)."""
+    with pytest.raises(InvalidValue, match=r"img_size=32 .*accepted: 224"):
         create_backbone("efficientformer_l1", img_size=32)

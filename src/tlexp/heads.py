@@ -15,6 +15,6 @@ def build_head(kind: str, in_features: int, num_classes: int, hidden: int = 256,
         return nn.Sequential(
             nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
-    from tlexp.errors import ConfigError
+    from tlexp.errors import InvalidValue
 
-    raise ConfigError("strategy.head", kind, " or ".join(HEADS))
+    raise InvalidValue("head", kind, " or ".join(HEADS))

@@ -1,24 +1,30 @@
 """The base LightningDataModule: fixed validation carve, seeded stratified fraction, model-driven preprocessing.
 
 Subclasses only say where the images come from (``load``). Preprocessing follows the
-backbone's timm data config (mean, std, interpolation); only the image size is ours.
+backbone's timm data config (mean, std, interpolation); only the image size is ours. The
+splits are resized with the model's interpolation, so preprocessing must be known before
+they are built: ``prepare_for(backbone)`` does both in that order, and ``setup`` refuses to
+run before it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import timm.data
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
-from tlexp.data.subset import check_fraction, stratified_fraction, stratified_split
-from tlexp.errors import ConfigError
+from tlexp.data.subset import stratified_fraction, stratified_split
+from tlexp.feature_cache.dataset import CachedFeatures
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +58,7 @@ class TransferDataModule(L.LightningDataModule):
     def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
                  output_dir: str | None = None, test_limit: int | None = None):
-        super().__init__()
-        check_fraction(fraction)
-        if not (isinstance(image_size, int) and image_size >= 8):
-            raise ConfigError("data.image_size", image_size, "an integer >= 8 (pixels)")
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError("data.batch_size", batch_size, "an integer >= 1")
-        if not (test_limit is None or (isinstance(test_limit, int) and test_limit >= 1)):
-            raise ConfigError("data.test_limit", test_limit, "null (the whole test split) or an integer >= 1")
+        super().__init__()  # the values are checked where the config comes in (tlexp.config.RULES)
         self.test_limit = test_limit
         self.fraction, self.val_size, self.image_size, self.augment = fraction, val_size, image_size, augment
         self.batch_size, self.num_workers, self.seed, self.split_seed = batch_size, num_workers, seed, split_seed
@@ -77,11 +76,15 @@ class TransferDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # --- preprocessing from the model ----------------------------------------------------------
-    def configure_preprocessing(self, data_config: dict) -> None:
-        """Take mean, std and interpolation from ``timm.data.resolve_model_data_config``."""
-        self.mean = torch.tensor(data_config["mean"]).view(1, -1, 1, 1)
-        self.std = torch.tensor(data_config["std"]).view(1, -1, 1, 1)
-        self.interpolation = data_config.get("interpolation", "bilinear")
+    def prepare_for(self, model: nn.Module | Mapping, stage: str | None = "fit") -> TransferDataModule:
+        """Preprocessing from ``model``'s timm data config (mean, std, interpolation; or that
+        config itself, a mapping), then ``setup(stage)``: the one order that works. Returns self."""
+        config = model if isinstance(model, Mapping) else timm.data.resolve_model_data_config(model)
+        self.mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(config["std"]).view(1, -1, 1, 1)
+        self.interpolation = config.get("interpolation", "bilinear")
+        self.setup(stage)
+        return self
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float, 3 channels, normalised with the backbone's own statistics."""
@@ -91,9 +94,9 @@ class TransferDataModule(L.LightningDataModule):
         return (images - self.mean.to(images.device)) / self.std.to(images.device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        images, labels = batch
-        if images.ndim == 2:  # cached backbone features (tlexp.feature_cache), not images
+        if isinstance(batch, CachedFeatures):  # backbone outputs (tlexp.feature_cache), not images
             return batch
+        images, labels = batch
         return self.normalize(images), labels
 
     # --- splits ---------------------------------------------------------------------------------
@@ -105,7 +108,8 @@ class TransferDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         if self.mean is None:
-            raise RuntimeError("call configure_preprocessing(data_config) before setup()")
+            raise RuntimeError(f"{type(self).__name__}.setup() before its preprocessing is known: "
+                               "call prepare_for(backbone) first, which also sets up")
         train, val, test, self.classes = self.load()
         train_pool = np.arange(len(train.labels))
         if val is None:

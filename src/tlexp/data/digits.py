@@ -18,5 +18,5 @@ class Digits(TransferDataModule):
         digits = load_digits()
         images = np.round(digits.images * (255 / 16)).astype(np.uint8)
         everything = Split(digits.target.astype(np.int64), images)
-        rest, test = stratified_split(everything.labels, self.test_size, self.split_seed)
+        rest, test = stratified_split(everything.labels, self.test_size, self.split_seed, name="test_size")
         return everything.take(rest), None, everything.take(test), [str(d) for d in range(10)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tlexp.data.base import Split, TransferDataModule
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def locate(root: Path | None, download: bool) -> Path:
             return root
         except Exception as error:  # no network: fall through to the clear error below
             log.warning("Fashion-MNIST download failed: %s", error)
-    raise ConfigError(
-        "data.root", str(root), "a folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+    raise InvalidValue(
+        "root", str(root), "a folder with the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
         f"not found in {[str(f) for f in folders]} and not downloadable; install them with "
         "'apt-get install dataset-fashion-mnist' or run once with network access",
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.file_check import decode_failures, not_an_image
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 
 log = logging.getLogger("tlexp")
 
@@ -52,8 +52,6 @@ def listing(files: list[tuple[str, str]]) -> str:
 class ImageFolder(TransferDataModule):
     def __init__(self, root: str | None = None, val_split: float = 0.2, on_bad_image: str = "skip", **kwargs):
         super().__init__(val_size=val_split, **kwargs)
-        if on_bad_image not in ON_BAD_IMAGE:
-            raise ConfigError("data.on_bad_image", on_bad_image, ", ".join(ON_BAD_IMAGE))
         self.root = Path(root).expanduser() if root else None
         self.on_bad_image = on_bad_image
         self.skipped_files: list[tuple[str, str]] = []
@@ -62,7 +60,7 @@ class ImageFolder(TransferDataModule):
     def load(self):
         accepted = "a folder with <class>/ subfolders of images, or train/ and val/ folders of them"
         if self.root is None or not self.root.is_dir():
-            raise ConfigError("data.root", str(self.root), accepted, "folder does not exist")
+            raise InvalidValue("root", str(self.root), accepted, "folder does not exist")
         has_splits = (self.root / "train").is_dir()
         train_folder = self.root / "train" if has_splits else self.root
         train, classes = scan(train_folder)
@@ -71,17 +69,17 @@ class ImageFolder(TransferDataModule):
         left_out = self.check_files([path for split in (train, val, test) if split is not None for path in split.paths])
         train, val, test = (None if split is None else without(split, left_out) for split in (train, val, test))
         if len(train.labels) == 0:
-            raise ConfigError("data.root", str(self.root), accepted, "no image files found"
-                              + (f"; {len(left_out)} files skipped: {listing(self.skipped_files)}" if left_out else ""))
+            raise InvalidValue("root", str(self.root), accepted, "no image files found"
+                               + (f"; {len(left_out)} files skipped: {listing(self.skipped_files)}" if left_out else ""))
         present = set(train.labels.tolist())
         if len(present) < 2:
-            raise ConfigError("data.root", str(self.root), accepted + " with at least 2 classes",
-                              f"found {len(present)} class with images")
+            raise InvalidValue("root", str(self.root), accepted + " with at least 2 classes",
+                               f"found {len(present)} class with images")
         for label, name in enumerate(classes):
             if label not in present:
                 skipped = [f for f in self.skipped_files if Path(f[0]).is_relative_to(train_folder / name)]
-                raise ConfigError("data.root", str(self.root), accepted + " with a readable image in every class",
-                                  f"class {name!r} has none" + (f"; skipped: {listing(skipped)}" if skipped else ""))
+                raise InvalidValue("root", str(self.root), accepted + " with a readable image in every class",
+                                   f"class {name!r} has none" + (f"; skipped: {listing(skipped)}" if skipped else ""))
         return train, val, test, classes
 
     def check_files(self, paths: list[Path]) -> set[Path]:
@@ -92,10 +90,10 @@ class ImageFolder(TransferDataModule):
         saved = self.save_skipped()
         full_list = f"; the full list is in {saved}" if saved else ""
         if failed and self.on_bad_image == "error":
-            raise ConfigError("data.on_bad_image", self.on_bad_image, ", ".join(ON_BAD_IMAGE),
-                              f"error stops for the {len(failed)} files under data.root={self.root} that are not "
-                              f"readable images: {listing([f for f in self.skipped_files if Path(f[0]) in failed])}"
-                              f"{full_list}; skip trains without them")
+            raise InvalidValue("on_bad_image", self.on_bad_image, ", ".join(ON_BAD_IMAGE),
+                               f"error stops for the {len(failed)} files under data.root={self.root} that are not "
+                               f"readable images: {listing([f for f in self.skipped_files if Path(f[0]) in failed])}"
+                               f"{full_list}; skip trains without them")
         if self.skipped_files:
             log.warning("data.root=%s: skipped %d of %d files that are not readable images: %s%s", self.root,
                         len(self.skipped_files), len(paths), listing(self.skipped_files), full_list)

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlexp.errors import ConfigError
-
-
-def check_fraction(fraction) -> None:
-    """``data.fraction`` must be in (0, 1]: the one place this rule lives."""
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise ConfigError("data.fraction", fraction, "a number in (0, 1]")
+from tlexp.errors import InvalidValue
 
 
 def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -28,13 +22,14 @@ def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.nd
     return np.sort(np.concatenate(chosen))
 
 
-def stratified_split(labels: np.ndarray, size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, held_out) indices: ``size`` examples (an int) or a share (a float < 1), stratified."""
+def stratified_split(labels: np.ndarray, size: float | int, seed: int, name: str = "val_size") -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out) indices: ``size`` examples (an int) or a share (a float < 1), stratified;
+    ``name`` is the caller's parameter that ``size`` came from, for the error."""
     n = len(labels)
     count = int(size) if size >= 1 else int(round(size * n))
     classes, sizes = np.unique(labels, return_counts=True)
     if not (len(classes) <= count < n):
-        raise ConfigError("data.val_size", size, f"between {len(classes)} (one per class) and {n - 1} examples, or a share in (0, 1)")
+        raise InvalidValue(name, size, f"between {len(classes)} (one per class) and {n - 1} examples, or a share in (0, 1)")
     # exactly ``count`` held out: per-class quotas by largest remainder, at least one per class
     quota = count * sizes / n
     take = np.clip(np.floor(quota), 1, sizes).astype(int)
