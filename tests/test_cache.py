@@ -8,20 +8,21 @@ equivalent. For partial: autograd records nothing below the first trainable stag
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
-import timm
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from timm.layers import DropPath
 
-from tlexp import feature_cache
 from tlexp.backbone import create_backbone
-from tlexp.callbacks import EpochSeeder, FineTuning
+from tlexp.callbacks import EpochSeeder
 from tlexp.data import Synthetic
-from tlexp.errors import ConfigError
-from tlexp.feature_cache import FeatureCache, FeatureDataset, cache_datamodule, cache_key, key_fields
+from tlexp.errors import InvalidValue
+from tlexp.feature_cache import (CachedFeatures, FeatureCache, FeatureDataset, cache_datamodule, cache_key, key_fields,
+                                 stochastic_layers, store)
+from tlexp.freeze_plan import freeze
 from tlexp.strategies import Frozen, Partial
 
 from conftest import compose_config
@@ -29,17 +30,26 @@ from conftest import compose_config
 SEED = 3
 
 
-def setup_data(seed=SEED, weights_seed=SEED, image_size=32, fraction=1.0, augment=False, **model_kwargs):
+def setup_data(seed=SEED, weights_seed=SEED, image_size=32, fraction=1.0, augment=False):
     torch.manual_seed(weights_seed)
-    backbone = create_backbone("test_efficientnet", **model_kwargs)
+    backbone = create_backbone("test_efficientnet")
     datamodule = Synthetic(image_size=image_size, val_size=32, batch_size=32, seed=seed, fraction=fraction, augment=augment)
-    datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
-    datamodule.setup()
-    return backbone, datamodule
+    return backbone, datamodule.prepare_for(backbone)
 
 
-def fit(module, datamodule, root, epochs=2, checkpoint=False):
+class InputsProbe(Callback):
+    """Per training batch: (what the module is told about its inputs, whether the batch is ``CachedFeatures``)."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.add((pl_module.on_cached_features, isinstance(batch, CachedFeatures)))
+
+
+def fit(module, datamodule, root, epochs=2, checkpoint=False, probe=None):
     callbacks = [EpochSeeder(SEED)] + ([ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")] if checkpoint else [])
+    callbacks += [probe] if probe else []
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
                         default_root_dir=root, enable_checkpointing=checkpoint, callbacks=callbacks)
@@ -57,9 +67,13 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
         backbone, datamodule = setup_data()
         module = Frozen(backbone, datamodule.num_classes, cache_features=cache, cache_dir=str(tmp_path / "cache"),
                         head_dropout=0.1)  # dropout in the head: the RNG stream must match too
-        trainer = fit(module, datamodule, tmp_path / str(cache), checkpoint=cache)
+        probe = InputsProbe()
+        trainer = fit(module, datamodule, tmp_path / str(cache), checkpoint=cache, probe=probe)
         assert isinstance(datamodule.train_set, FeatureDataset) == cache
         assert cache_callback(trainer).enabled is cache
+        # told explicitly, not by the batch's shape: the module while training, the datamodule by the batch type
+        assert probe.seen == {(cache, cache)}
+        assert module.on_cached_features is False  # after the stage: images again
         # the FineTuning callback still reports and keeps the backbone frozen
         head_size = sum(p.numel() for p in module.head.parameters())
         assert trainer.callback_metrics["params/trainable"].item() == head_size
@@ -72,6 +86,21 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
     for name in heads[0]:
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-5, atol=1e-6)
     assert tests[0] == pytest.approx(tests[1])
+
+
+def test_cached_batches_are_left_unnormalised():
+    backbone, datamodule = setup_data()
+    cache_datamodule(backbone, datamodule, None, splits=("val",))
+    batch = next(iter(datamodule.val_dataloader()))
+    assert isinstance(batch, CachedFeatures) and datamodule.on_after_batch_transfer(batch, 0) is batch
+    images, labels = next(iter(datamodule.train_dataloader()))  # not cached: normalised images
+    assert datamodule.on_after_batch_transfer((images, labels), 0)[0].dtype == torch.float32
+
+
+def test_stochastic_layers_found_by_public_classes():
+    layers = nn.Sequential(nn.Dropout(0.1), nn.Dropout2d(0.0), nn.Dropout3d(0.1), nn.AlphaDropout(0.2),
+                           nn.FeatureAlphaDropout(0.3), DropPath(0.1), DropPath(0.0), nn.Identity(), nn.Dropout1d(0.5))
+    assert stochastic_layers(layers) == ["0", "2", "3", "4", "5", "8"]
 
 
 def keys(**kwargs) -> dict[str, str]:
@@ -103,7 +132,7 @@ def test_second_run_loads_from_disk_and_a_changed_key_recomputes(tmp_path):
     report = cache_callback(trainer).report
     assert set(report) == {"train", "val"} and all(r["hit"] for r in report.values())  # test features: at test time
     assert all(report[split]["key"] == first[split]["key"] for split in report)
-    torch.testing.assert_close(datamodule.val_set.features, feature_cache._load(tmp_path / f"{first['val']['key']}.pt", first["val"]["key"])[0])
+    torch.testing.assert_close(datamodule.val_set.features, store.load(tmp_path / f"{first['val']['key']}.pt", first["val"]["key"])[0])
 
     backbone, datamodule = setup_data(image_size=40)  # changed key: computed again, stored beside
     again = cache_datamodule(backbone, datamodule, tmp_path)
@@ -117,29 +146,17 @@ def test_second_run_loads_from_disk_and_a_changed_key_recomputes(tmp_path):
 def test_refused_where_not_equivalent(tmp_path, caplog):
     backbone, datamodule = setup_data(augment=True)
     module = Frozen(backbone, datamodule.num_classes, cache_features=True)
-    with pytest.raises(ConfigError, match="strategy.cache_features") as error:
+    with pytest.raises(InvalidValue, match="^cache_features=True ") as error:
         fit(module, datamodule, tmp_path, epochs=1)
-    assert error.value.key == "strategy.cache_features" and "augment" in str(error.value)
+    assert error.value.name == "cache_features" and "augment" in str(error.value)
 
-    with pytest.raises(ConfigError, match="strategy.cache_features.*bn_policy"):
+    with pytest.raises(InvalidValue, match="^cache_features=True .*bn_policy"):
         Frozen(create_backbone("test_efficientnet"), 4, cache_features=True, bn_policy="adapt")
-    with pytest.raises(ConfigError, match="strategy.cache_features.*drop"):
-        Frozen(create_backbone("test_efficientnet", drop_rate=0.2), 4, cache_features=True)
-    with pytest.raises(ConfigError, match="strategy.cache_features"):
-        Frozen(create_backbone("test_efficientnet"), 4, cache_features="yes")
+    with pytest.raises(InvalidValue, match="^cache_features=True .*drop"):
+        Frozen(create_backbone("test_efficientnet", kwargs={"drop_rate": 0.2}), 4, cache_features=True)
+    with pytest.raises(InvalidValue, match="^cache_features='yes' "):
+        FeatureCache("yes")
 
-    # the entry point refuses before building anything (the real config from conf/)
-    from tlexp.train import check_config
-
-    def config(*overrides):
-        cfg = compose_config("strategy=frozen", *overrides)
-        cfg.paths.output_dir = str(tmp_path)
-        return cfg
-
-    check_config(config())  # auto, no augmentation: accepted
-    for overrides in (("data.augment=true",), ("strategy.bn_policy=adapt",)):
-        with pytest.raises(ConfigError, match="strategy.cache_features"):
-            check_config(config("strategy.cache_features=true", *overrides))
 
     # auto: off with an info log, and the run trains on images
     backbone, datamodule = setup_data(augment=True)
@@ -148,6 +165,22 @@ def test_refused_where_not_equivalent(tmp_path, caplog):
         trainer = fit(module, datamodule, tmp_path / "auto", epochs=1)
     assert cache_callback(trainer).enabled is False and not isinstance(datamodule.train_set, FeatureDataset)
     assert "feature cache off" in caplog.text and "augment" in caplog.text
+
+
+def test_entry_point_refuses_before_building_anything(tmp_path):
+    """The real config from conf/: ``cache_features=true`` where caching is not equivalent stops the run
+    in the config check, before any model or data is loaded."""
+    from tlexp import config
+
+    def composed(*overrides):
+        cfg = compose_config("strategy=frozen", *overrides)
+        cfg.paths.output_dir = str(tmp_path)
+        return cfg
+
+    config.check(composed())  # auto, no augmentation: accepted
+    for overrides in (("data.augment=true",), ("strategy.bn_policy=adapt",)):
+        with pytest.raises(InvalidValue, match="^strategy.cache_features=True "):
+            config.check(composed("strategy.cache_features=true", *overrides))
 
 
 def saved_activations(module, images) -> tuple[int, int]:
@@ -172,11 +205,8 @@ def test_frozen_prefix_records_no_autograd_work():
     for depth in range(0, 7):
         torch.manual_seed(SEED)
         module = Partial(create_backbone("test_efficientnet"), 4, frozen_depth=depth).train()
-        callback = FineTuning("frozen")
-        callback.apply(SimpleNamespace(optimizers=[], lr_scheduler_configs=[]), module, epoch=0)
-        callback.apply_bn_policy(module)
-        frozen = module.backbone_stages[:depth]
-        assert all(not p.requires_grad for stage in frozen for p in stage.params)
+        assert freeze(module, epoch=0) == list(module.plan.stages[depth:])
+        assert sum(p.numel() for p in module.parameters() if p.requires_grad) == module.plan.trainable_params(0)
         results.append(saved_activations(module, images))
     counts = [c for c, _ in results]
     sizes = [s for _, s in results]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlexp import feature_cache
+from tlexp.feature_cache import dataset, store
 
 SEED = 3
 HOLD = 1.0
@@ -45,19 +45,15 @@ class _Collect(logging.Handler):
 
 def _job(cache_dir: str) -> dict:
     """One job: the tiny backbone's val features through ``cache_datamodule``, computing held >= HOLD s."""
-    import timm
-
     from tlexp.backbone import create_backbone
     from tlexp.data import Synthetic
 
     torch.manual_seed(SEED)
     backbone = create_backbone("test_efficientnet")
-    datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED)
-    datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
-    datamodule.setup()
+    datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED).prepare_for(backbone)
 
     computes = []
-    real = feature_cache.compute_features
+    real = dataset.compute_features
 
     def compute(*args, **kwargs):
         start = time.time()
@@ -73,12 +69,12 @@ def _job(cache_dir: str) -> dict:
     logger = logging.getLogger("tlexp")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    feature_cache.compute_features = compute
+    dataset.compute_features = compute
     try:
         _sync["barrier"].wait(timeout=60)  # both jobs ask for the key at the same moment
-        report = feature_cache.cache_datamodule(backbone, datamodule, cache_dir, splits=("val",))
+        report = dataset.cache_datamodule(backbone, datamodule, cache_dir, splits=("val",))
     finally:
-        feature_cache.compute_features = real
+        dataset.compute_features = real
         logger.removeHandler(handler)
     return {"report": report, "computes": computes, "messages": handler.messages,
             "features": datamodule.val_set.features, "labels": datamodule.val_set.labels}
@@ -92,7 +88,7 @@ def _writer(path: str, seconds: float) -> int:
     """Rewrite ``path`` with new versions for ``seconds``; returns how many."""
     version, end = 1, time.monotonic() + seconds
     while time.monotonic() < end:
-        feature_cache._save(Path(path), _payload(version))
+        store.save(Path(path), _payload(version))
         version += 1
     return version - 1
 
@@ -134,17 +130,17 @@ def test_two_processes_compute_a_key_once(workers, tmp_path):
 def test_a_reader_never_sees_a_half_written_file(workers, tmp_path, monkeypatch, caplog):
     pool, _ = workers
     path = tmp_path / "k.pt"
-    feature_cache._save(path, _payload(0))
+    store.save(path, _payload(0))
 
     # temp-then-rename: while the data is written, the final name still holds the previous version
     real_save = torch.save
 
     def checked_save(payload, target):
-        assert target != path and feature_cache._load(path, "k")[0][0, 0] == 0
+        assert target != path and store.load(path, "k")[0][0, 0] == 0
         real_save(payload, target)
 
     monkeypatch.setattr(torch, "save", checked_save)
-    feature_cache._save(path, _payload(0))
+    store.save(path, _payload(0))
     monkeypatch.undo()
 
     # another process rewrites the file while this one reads it: every read is one complete version
@@ -152,7 +148,7 @@ def test_a_reader_never_sees_a_half_written_file(workers, tmp_path, monkeypatch,
     versions = set()
     with caplog.at_level(logging.WARNING, logger="tlexp"):
         while not writer.ready():
-            loaded = feature_cache._load(path, "k")
+            loaded = store.load(path, "k")
             assert loaded is not None  # a partial file would be unreadable: None with a warning
             features, labels = loaded
             version = int(labels[0])
@@ -166,18 +162,14 @@ def test_a_reader_never_sees_a_half_written_file(workers, tmp_path, monkeypatch,
 
 
 def test_without_fcntl_computes_without_a_lock(tmp_path, monkeypatch, caplog):
-    import timm
-
     from tlexp.backbone import create_backbone
     from tlexp.data import Synthetic
 
     torch.manual_seed(SEED)
     backbone = create_backbone("test_efficientnet")
-    datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED)
-    datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
-    datamodule.setup()
-    monkeypatch.setattr(feature_cache, "fcntl", None)
+    datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED).prepare_for(backbone)
+    monkeypatch.setattr(store, "fcntl", None)
     with caplog.at_level(logging.DEBUG, logger="tlexp"):
-        report = feature_cache.cache_datamodule(backbone, datamodule, tmp_path, splits=("val",))
+        report = dataset.cache_datamodule(backbone, datamodule, tmp_path, splits=("val",))
     assert report["val"]["hit"] is False and "without a lock" in caplog.text
     assert [p.name for p in tmp_path.iterdir()] == [f"{report['val']['key']}.pt"]

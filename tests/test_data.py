@@ -17,16 +17,14 @@ import tlexp.data.fashion_mnist as fashion_mnist
 from conftest import STRATEGIES, SWEEP_FRACTION, compose_config, read_json
 from tlexp.data import Digits, FashionMNIST, ImageFolder
 from tlexp.data.subset import stratified_fraction, stratified_split
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 from tlexp.train import build
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "interpolation": "bicubic"}
 
 
 def ready(datamodule, data_config=IMAGENET):
-    datamodule.configure_preprocessing(data_config)
-    datamodule.setup("fit")
-    return datamodule
+    return datamodule.prepare_for(data_config)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +188,12 @@ def test_two_models_get_different_statistics(tmp_path):
     assert a["mean"] != b["mean"] and a["interpolation"] != b["interpolation"]
 
 
+def test_setup_before_the_preprocessing_is_known_is_refused():
+    """The splits are resized with the model's interpolation: ``prepare_for`` first, which also sets up."""
+    with pytest.raises(RuntimeError, match=r"call prepare_for\(backbone\) first"):
+        Digits(image_size=8).setup("fit")
+
+
 # --- data sources -----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not fashion_mnist.DEBIAN_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
@@ -212,10 +216,9 @@ def test_fashion_mnist_unreachable_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no_debian_dir")
     (tmp_path / "empty").mkdir()
     dm = FashionMNIST(root=str(tmp_path / "empty"), download=False)
-    dm.configure_preprocessing(IMAGENET)
-    with pytest.raises(ConfigError) as error:
-        dm.setup("fit")
-    assert error.value.key == "data.root"
+    with pytest.raises(InvalidValue) as error:
+        dm.prepare_for(IMAGENET)
+    assert error.value.name == "root"
     message = str(error.value)
     assert "Fashion-MNIST IDX files" in message and "no_debian_dir" in message and "apt-get install" in message
 

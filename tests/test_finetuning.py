@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import timm
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -21,8 +20,7 @@ def build(strategy_cls, seed=SEED, **kwargs):
     torch.manual_seed(seed)
     backbone = create_backbone("test_efficientnet")
     datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=seed)
-    datamodule.configure_preprocessing(timm.data.resolve_model_data_config(backbone))
-    datamodule.setup()
+    datamodule.prepare_for(backbone)
     return datamodule, strategy_cls(backbone, datamodule.num_classes, **kwargs)
 
 
