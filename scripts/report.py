@@ -1,6 +1,6 @@
 """Write report.html and PNG figures for a sweep: `python scripts/report.py <sweep dir> [--out DIR] [--fraction F]`.
 
-The same as the `tlexp-report` console script (src/tlexp/report.py).
+The same as the `tlexp-report` console script (src/tlexp/report/cli.py).
 """
 
 import sys

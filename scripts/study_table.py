@@ -16,7 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from tlexp.report import load_jobs
+from tlexp.results import load_jobs
 
 IGNORED = ("seed", "experiment", "logger", "hydra.")
 
@@ -43,16 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, groups = [], defaultdict(list)
     for sweep in args.sweeps:
         for job in load_jobs(sweep):
-            overrides = job.get("overrides") or []
-            rows.append({"sweep": sweep.name, "setting": setting(overrides), "seed": job.get("seed"), "status": job.status,
-                         "test_acc": job.test_acc, "val_acc_best": job.get("val_acc_best"),
-                         "train_size": job.get("train_size"), "wall_seconds": job.get("wall_seconds")})
+            record, overrides = job.record, job.record.overrides or []
+            rows.append({"sweep": sweep.name, "setting": setting(overrides), "seed": record.seed, "status": job.status,
+                         "test_acc": job.test_acc, "val_acc_best": record.val_acc_best,
+                         "train_size": record.train_size, "wall_seconds": record.wall_seconds})
             groups[(sweep.name, setting(overrides))].append(job)
     lines = ["| sweep | setting | n | test/acc | val/acc best |", "|---|---|---:|---:|---:|"]
     for (sweep, key), jobs in sorted(groups.items()):
         done = [j for j in jobs if j.completed]
         lines.append(f"| {sweep} | {key} | {len(done)}/{len(jobs)} | {mean_std([j.test_acc for j in done if j.test_acc is not None])} "
-                     f"| {mean_std([j.get('val_acc_best') for j in done if j.get('val_acc_best') is not None])} |")
+                     f"| {mean_std([j.record.val_acc_best for j in done if j.record.val_acc_best is not None])} |")
     table = "\n".join(lines) + "\n"
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
+from tlexp.strategies import STRATEGIES as STRATEGY_REGISTRY
+
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -32,7 +34,7 @@ PYTHON = sys.executable
 TINY = ("model=tiny", "data=synthetic", "logger=csv", "trainer.max_epochs=2", "trainer.enable_progress_bar=false")
 """The overrides every test run starts from; a test's own overrides of the same key replace them."""
 
-STRATEGIES = ("scratch", "frozen", "partial", "full", "gradual", "discriminative")
+STRATEGIES = tuple(STRATEGY_REGISTRY)
 SWEEP_FRACTION = 0.5
 
 

@@ -1,4 +1,4 @@
-"""The sweep report (src/tlexp/report.py) on hand-made sweep directories: its tables hold the numbers
+"""The sweep report (src/tlexp/report/) on hand-made sweep directories: its tables hold the numbers
 of the jobs' result.json and metrics.csv, its figures exist, sections without data say so, and the
 console script and scripts/report.py both write it. No training here (the real sweep's report is
 checked in test_sweep.py)."""
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tlexp.report import describe, generate, load_jobs, read_history
+from tlexp.report import describe, generate
+from tlexp.results import load_jobs, read_history
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_STAGES = 8
@@ -95,7 +96,7 @@ def test_jobs_include_failed_and_killed(sweep):
     jobs = {job.name: job for job in load_jobs(sweep)}
     assert len(jobs) == 12 + 3 + 2
     assert jobs["data.fraction=2,strategy=full"].status == "failed"
-    assert jobs["killed_job"].status == "failed" and "no result.json" in jobs["killed_job"].get("error")
+    assert jobs["killed_job"].status == "failed" and "no result.json" in jobs["killed_job"].record.error
 
 
 def test_few_shot_and_gain_tables(sweep):
@@ -189,3 +190,19 @@ def test_command_line(sweep, command, tmp_path):
     assert "wrote" in out.stdout and (tmp_path / "out" / "report.html").is_file()
     missing = subprocess.run([*argv, str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "not a directory" in missing.stderr
+
+
+def test_run_record_reads_older_files_and_keeps_unknown_keys(tmp_path):
+    """result.json files of older versions: a missing key reads as None, an unknown one is written back as it was."""
+    from tlexp.results import RunRecord, Status, read_result, write_result
+
+    (tmp_path / "result.json").write_text(json.dumps({"status": "completed", "test_acc": 0.5, "old_key": [1, 2]}))
+    record = read_result(tmp_path)
+    assert record.status == Status.COMPLETED and record.test_acc == 0.5 and record.train_size is None
+    assert record.extra == {"old_key": [1, 2]}
+    write_result(tmp_path, record.update(resumed_in="elsewhere", val_acc_best=float("nan")))
+    assert json.loads((tmp_path / "result.json").read_text()) == {"status": "completed", "test_acc": 0.5,
+                                                                  "resumed_in": "elsewhere", "old_key": [1, 2]}
+    with pytest.raises(TypeError):
+        RunRecord().update(test_accuracy=0.5)
+    assert read_result(tmp_path / "missing") is None

@@ -186,7 +186,7 @@ def test_optuna_search_on_joblib_launcher(tmp_path):
     sweep_dir = tmp_path / "optuna"
     result = run_train(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
-                       "strategy.frozen_depth=range(0,7)", multirun=True, check=False)
+                       "strategy.frozen_depth=int(interval(0,6))", multirun=True, check=False)
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Joblib.Parallel" in result.stdout
     records = [r for r in job_records(sweep_dir).values() if r["status"] == "completed"]
@@ -278,15 +278,6 @@ def test_slurm_launcher_config():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     for key in ("partition", "gpus_per_node", "timeout_min", "cpus_per_task", "mem_gb", "array_parallelism"):
         assert key in launcher
-
-
-def test_optuna_search_space():
-    cfg = compose_hydra("hparams_search=optuna")
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
-    assert set(sweeper.params) == {"strategy.lr_head", "strategy.lr_backbone", "strategy.frozen_depth",
-                                   "strategy.optimizer.weight_decay"}
-    assert cfg.strategy._target_ == "tlexp.strategies.Partial" and cfg.optimized_metric == "val/acc_best"
 
 
 def test_sweep_callback_registered():

@@ -1,23 +1,128 @@
-"""One summary record per job (``result.json``), so a run or a sweep can be reviewed without W&B."""
+"""What a job leaves behind, and reading it back: the run record (``result.json``), the per-epoch
+history (``metrics.csv``) and the jobs of a sweep directory.
+
+The bottom layer of the reading side: ``train`` writes records, ``resume``, ``sweep``, ``report`` and
+the scripts read them, and nothing here imports any of those, so the summary at the end of a sweep
+(``sweep``) and the report (``report``) read jobs the same way without one depending on the other.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import statistics
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 
 RESULT_FILE = "result.json"
+SUMMARY_FILE = "sweep_summary.json"
+"""Written by ``sweep.SweepSummary`` into the sweep directory; the report shows its counts."""
+HISTORY_FILE = "metrics.csv"
+EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", "time/elapsed_s")
 
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
-"""``running`` while the job runs (left behind if it was killed without a chance to write);
-``completed``; ``failed`` (an error); ``diverged`` (non-finite loss, a result of its settings);
-``interrupted`` (a signal stopped it after a checkpoint: re-running resumes it)."""
-FINAL_STATUSES = ("completed", "failed", "diverged")
-DONE_STATUSES = ("completed", "diverged")
+
+class Status(str, Enum):
+    """What became of a job. A str, so it compares equal to the text in ``result.json``."""
+
+    RUNNING = "running"  # while the job runs; left behind if it was killed without a chance to write
+    COMPLETED = "completed"
+    FAILED = "failed"  # an error (``error`` says which)
+    DIVERGED = "diverged"  # non-finite loss, a result of its settings (``diverged`` says where)
+    INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint: re-running resumes it
+    SKIPPED = "skipped"  # never in result.json: the sweep summary's name for a job an earlier run completed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
+"""The values ``result.json`` holds."""
+FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
+DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED)
 """A re-run of a sweep skips these: running them again would give the same result."""
 
 
+@dataclass
+class RunRecord:
+    """One job's ``result.json``. ``train.main`` creates it, ``train.run`` fills it in as the job goes.
+
+    A field that has no value (None) is left out of the file, so the keys on disk say how far the
+    job got (a diverged job has no ``test_acc``); reading, a missing key is None and a key this
+    class does not know is kept in ``extra`` and written back unchanged.
+    """
+
+    # --- when the job starts (train.main)
+    status: str | None = None  # a Status value
+    overrides: list[str] | None = None  # the job's command-line overrides; a sweep names its directory by them
+    strategy: str | None = None  # the strategy's class name in lower case: scratch, frozen, partial, ...
+    model: str | None = None  # timm model name (model.name)
+    data: str | None = None  # the data module's class name in lower case, e.g. fashionmnist
+    fraction: float | None = None  # data.fraction: share of the training pool used, in (0, 1]
+    seed: int | None = None  # the global seed
+    lr_head: float | None = None  # the head's base learning rate
+    lr_backbone: float | None = None  # the top backbone stage's base learning rate
+    lr_decay: float | None = None  # factor on the rate per backbone stage further down (discriminative)
+    max_epochs: int | None = None  # trainer.max_epochs
+    weight_decay: float | None = None  # the optimizer's weight decay
+    group: str | None = None  # W&B group: the experiment's, or the sweep directory's name
+    tags: list[str] | None = None  # the config's tags
+    resumed_from: str | None = None  # path of the checkpoint this job resumed from
+    # --- once the model and data are built (train.derived_values)
+    params_total: int | None = None  # parameters of backbone and head
+    params_trainable: int | None = None  # trainable at the first epoch
+    params_frozen: int | None = None  # params_total - params_trainable
+    frozen_depth: int | None = None  # backbone stages, from the input, frozen at the first epoch
+    num_stages: int | None = None  # backbone stages (the head not counted)
+    stages: list[str] | None = None  # stage names, input to output, ending with "head"
+    unfreeze_epochs: dict[str, int | None] | None = None  # stage -> first epoch it trains (None: never)
+    stage_lrs: dict[str, float] | None = None  # stage -> base learning rate
+    num_classes: int | None = None
+    train_size: int | None = None  # training images after the fraction (count)
+    val_size: int | None = None  # validation images (count)
+    test_size: int | None = None  # test images (count)
+    skipped_files: int | None = None  # unreadable image files left out (image folders; count)
+    # --- after fitting and testing (train.run)
+    fit_seconds: float | None = None  # wall-clock of trainer.fit (s)
+    val_acc_final: float | None = None  # val/acc of the last epoch, in [0, 1]
+    val_acc_best: float | None = None  # best val/acc of any epoch, in [0, 1]
+    params_trainable_end: int | None = None  # trainable at the end (gradual unfreezing grows it)
+    test_acc: float | None = None  # test/acc of the best checkpoint, in [0, 1]
+    best_checkpoint: str | None = None  # path of the checkpoint tested
+    # --- when the job ends (train.main)
+    metrics: dict[str, float] | None = None  # every final logged value, e.g. {"val/acc": ..., "test/loss": ...}
+    error: str | None = None  # why it failed, diverged or was interrupted (one line, or a traceback's message)
+    diverged: dict | None = None  # where the loss became non-finite: loss, step, epoch, last_finite_loss, learning_rates
+    resume_checkpoint: str | None = None  # interrupted: the checkpoint written on the signal
+    wall_seconds: float | None = None  # wall-clock of the whole job after its start was recorded (s)
+    resumed_in: str | None = None  # interrupted single run: the run directory that continued it
+    extra: dict = field(default_factory=dict)  # keys of result.json this class does not know, kept as read
+
+    def update(self, **values) -> RunRecord:
+        """Set several fields at once; a name that is not a field is an error, not a new key."""
+        for name, value in values.items():
+            if name == "extra" or name not in _FIELDS:
+                raise TypeError(f"RunRecord has no field {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def to_json(self) -> dict:
+        """The record as ``result.json`` holds it: fields with a value, in declaration order, then ``extra``."""
+        record = {name: _clean(getattr(self, name)) for name in _FIELDS}
+        return {**{k: v for k, v in record.items() if v is not None}, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunRecord:
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in fields(RunRecord) if f.name != "extra")
+
+
 def _clean(value):
+    """JSON has no NaN or infinity (None instead); tensors and numpy scalars become numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):
@@ -25,13 +130,105 @@ def _clean(value):
     return value
 
 
-def write_result(output_dir: str | Path, record: dict) -> Path:
+def write_result(output_dir: str | Path, record: RunRecord) -> Path:
     path = Path(output_dir) / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: _clean(v) for k, v in record.items()}, indent=2, default=str))
+    path.write_text(json.dumps(record.to_json(), indent=2, default=str))
     return path
 
 
-def read_result(job_dir: str | Path) -> dict | None:
+def read_result(job_dir: str | Path) -> RunRecord | None:
+    """The job's record, None if it has no result.json. Older files with fewer or other keys read too."""
     path = Path(job_dir) / RESULT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunRecord.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
+# --- a job directory and a sweep directory --------------------------------------------------------------
+@dataclass
+class Job:
+    """One job directory of a sweep: its record and its per-epoch history."""
+
+    name: str  # the directory relative to the sweep directory
+    path: Path
+    record: RunRecord
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.record.status or "missing"
+
+    @property
+    def completed(self) -> bool:
+        return self.status == Status.COMPLETED
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.record.test_acc
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        """Mean training-epoch time (time/epoch_s in metrics.csv), else fit time / epochs."""
+        times = [row["time/epoch_s"] for row in self.history if row.get("time/epoch_s") is not None]
+        if times:
+            return statistics.fmean(times)
+        fit, epochs = self.record.fit_seconds, self.record.max_epochs
+        return fit / epochs if fit and epochs else None
+
+    @property
+    def trainable_params(self) -> int | None:
+        """Trainable parameters at the end of training (gradual unfreezing grows them), else at the start."""
+        values = [v for v in (self.record.params_trainable, self.record.params_trainable_end) if v is not None]
+        return max(values) if values else None
+
+
+def _number(text: str | None) -> float | None:
+    if text in ("", None):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_history(metrics_csv: str | Path) -> list[dict]:
+    """Per-epoch rows from Lightning's CSVLogger file: {epoch, val/acc, time/elapsed_s, ...}, sorted by epoch.
+
+    Lightning writes training-epoch and validation values on separate rows of the same epoch;
+    they are merged. Test rows (only test/* values) add nothing.
+    """
+    path = Path(metrics_csv)
+    if not path.is_file():
+        return []
+    epochs: dict[int, dict] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            epoch = _number(row.get("epoch", ""))
+            if epoch is None:
+                continue
+            values = {key: _number(row.get(key, "")) for key in EPOCH_KEYS}
+            values = {key: value for key, value in values.items() if value is not None}
+            if values:
+                epochs.setdefault(int(epoch), {"epoch": int(epoch)}).update(values)
+    return [epochs[e] for e in sorted(epochs)]
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Every job directory under a sweep: those with a result.json or a Hydra job config (.hydra/)."""
+    root = Path(sweep_dir)
+    found = {p.parent for p in root.rglob(RESULT_FILE)}
+    found |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+    return sorted(d for d in found if "wandb" not in d.relative_to(root).parts)
+
+
+def load_jobs(sweep_dir: str | Path) -> list[Job]:
+    """All jobs of a sweep. A job directory without result.json (killed, or never got to the end)
+    is a failed job with that as its error."""
+    root = Path(sweep_dir)
+    jobs = []
+    for directory in job_dirs(root):
+        record = read_result(directory)
+        if record is None:
+            record = RunRecord(status=Status.FAILED, error="no result.json: the job was killed or did not finish")
+        jobs.append(Job(str(directory.relative_to(root)), directory, record, read_history(directory / HISTORY_FILE)))
+    return jobs

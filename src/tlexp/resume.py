@@ -25,7 +25,7 @@ def resume_checkpoint(job_dir: str | Path) -> Path | None:
 
 def resumable(record: dict | None) -> bool:
     """A job that started training and did not reach a final status (completed, diverged, failed)."""
-    return bool(record) and record.get("status") not in FINAL_STATUSES
+    return bool(record) and record.status not in FINAL_STATUSES
 
 
 def find_interrupted_run(runs_dir: Path, overrides: list[str], current: Path) -> Path | None:
@@ -36,7 +36,7 @@ def find_interrupted_run(runs_dir: Path, overrides: list[str], current: Path) ->
     for result in runs_dir.glob("*/result.json"):
         job_dir = result.parent
         record = read_result(job_dir)
-        if (job_dir != current and record and record.get("status") == "interrupted" and not record.get("resumed_in")
-                and sorted(record.get("overrides") or []) == sorted(overrides) and resume_checkpoint(job_dir)):
+        if (job_dir != current and record and record.status == "interrupted" and not record.resumed_in
+                and sorted(record.overrides or []) == sorted(overrides) and resume_checkpoint(job_dir)):
             candidates.append(job_dir)
     return max(candidates, key=lambda d: (d / "result.json").stat().st_mtime) if candidates else None

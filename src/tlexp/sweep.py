@@ -18,9 +18,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tlexp.errors import ConfigError
+from tlexp.errors import InvalidValue
 from tlexp.loggers import resolve_wandb_mode
-from tlexp.report import SUMMARY_FILE, Job, generate, load_jobs, report_figures
+from tlexp.report import generate, report_figures
+from tlexp.results import SUMMARY_FILE, Job, Status, load_jobs
 
 log = logging.getLogger("tlexp.sweep")
 
@@ -28,13 +29,13 @@ log = logging.getLogger("tlexp.sweep")
 def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> str:
     """The sweep's W&B group: the one its jobs recorded (train.job_identity), else the config's
     ``group``, else the sweep directory's name: the same rule the jobs follow."""
-    groups = {job.get("group") for job in jobs if job.get("group")}
+    groups = {job.record.group for job in jobs if job.record.group}
     if len(groups) == 1:
         return groups.pop()
     return config.get("group") or sweep_dir.name
 
 
-BUCKETS = ("completed", "skipped", "diverged", "interrupted", "failed")
+BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
 
 
 def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
@@ -43,14 +44,17 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
     summary: dict[str, Any] = {"sweep_dir": str(sweep_dir), "group": group, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                **{bucket: [] for bucket in BUCKETS}}
     for job in jobs:
-        entry = {"job": job.name, "strategy": job.get("strategy"), "fraction": job.get("fraction"), "seed": job.get("seed")}
+        record = job.record
+        entry = {"job": job.name, "strategy": record.strategy, "fraction": record.fraction, "seed": record.seed}
         if job.completed:
-            entry.update(test_acc=job.test_acc, val_acc_best=job.get("val_acc_best"), wall_seconds=job.get("wall_seconds"))
-            summary["skipped" if job.name in done_before else "completed"].append(entry)
+            entry.update(test_acc=job.test_acc, val_acc_best=record.val_acc_best, wall_seconds=record.wall_seconds)
+            summary[Status.SKIPPED if job.name in done_before else Status.COMPLETED].append(entry)
         else:
-            entry.update(status=job.status, error=job.get("error") or f"status {job.status}")
-            bucket = "interrupted" if job.status in ("interrupted", "running") else job.status  # running: killed
-            summary[bucket if bucket in ("diverged", "interrupted") else "failed"].append(entry)
+            entry.update(status=job.status, error=record.error or f"status {job.status}")
+            if job.status in (Status.INTERRUPTED, Status.RUNNING):  # running: killed without a word
+                summary[Status.INTERRUPTED].append(entry)
+            else:
+                summary[Status.DIVERGED if job.status == Status.DIVERGED else Status.FAILED].append(entry)
     summary["counts"] = {key: len(summary[key]) for key in BUCKETS}
     summary["counts"]["total"] = len(jobs)
     return summary
@@ -83,10 +87,11 @@ def jobs_as_table(jobs: list[Job]):
     """A wandb.Table of every job's result.json record (nested values as JSON text), one row per job."""
     import wandb
 
+    records = [job.record.to_json() for job in jobs]
     columns = ["job"]
-    for job in jobs:
-        columns += [key for key in job.record if key not in columns]
-    rows = [[job.name] + [_cell(job.record.get(key)) for key in columns[1:]] for job in jobs]
+    for record in records:
+        columns += [key for key in record if key not in columns]
+    rows = [[job.name] + [_cell(record.get(key)) for key in columns[1:]] for job, record in zip(jobs, records)]
     return wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
 
 
@@ -169,5 +174,5 @@ class WandbProbe(Callback):
         if "wandb" in logger_cfg:
             try:
                 resolve_wandb_mode(logger_cfg.wandb, config.hydra.sweep.dir)
-            except ConfigError:  # each job reports it in its result.json, the sweep summary lists them
+            except InvalidValue:  # each job reports it in its result.json, the sweep summary lists them
                 pass

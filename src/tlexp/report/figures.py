@@ -1,0 +1,130 @@
+"""The report's figures: matplotlib PNGs (the Agg canvas, no pyplot, no display), one per section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tlexp.report.tables import Table, compares_depths, known_strategies, strategy_order
+from tlexp.results import Job
+
+
+def _colors(strategies) -> dict[str, str]:
+    """A strategy keeps its colour in every figure and report: its place in the registry picks it."""
+    palette, known = [f"C{i}" for i in range(10)], known_strategies()
+    return {s: palette[(known.index(s) if s in known else len(known) + i) % 10] for i, s in enumerate(strategies)}
+
+
+def _figure(ncols: int, width: float = 5.5, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = figure.subplots(1, ncols, squeeze=False)[0]
+    return figure, axes
+
+
+def _save(figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
+    if not curves:
+        return None
+    figure, (by_epoch, by_time) = _figure(2)
+    colors = _colors(curves)
+    for strategy, c in curves.items():
+        label = f"{strategy} (n={c['runs']})"
+        by_epoch.plot(c["epoch"], c["mean"], marker="o", color=colors[strategy], label=label)
+        by_epoch.fill_between(c["epoch"], c["min"], c["max"], color=colors[strategy], alpha=0.2)
+        if all(t is not None for t in c["elapsed"]):
+            by_time.plot(c["elapsed"], c["mean"], marker="o", color=colors[strategy], label=label)
+            by_time.fill_between(c["elapsed"], c["min"], c["max"], color=colors[strategy], alpha=0.2)
+    by_epoch.set(xlabel="epoch", ylabel="val/acc", title=f"val/acc per epoch (fraction {fraction:g})")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_time.set(xlabel="training wall-clock (s)", ylabel="val/acc", title=f"val/acc per second (fraction {fraction:g})")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _plot_per_strategy(table: Table, path: Path, y_key: str, ylabel: str, title: str, errors: bool = False,
+                       zero_line: bool = False) -> Path | None:
+    """One line per strategy of ``y_key`` against the training-set size (log scale)."""
+    rows = table.as_dicts()
+    if not rows:
+        return None
+    figure, (ax,) = _figure(1, 6.5, 4.5)
+    strategies = strategy_order(r["strategy"] for r in rows)
+    colors = _colors(strategies)
+    for strategy in strategies:
+        mine = [r for r in rows if r["strategy"] == strategy]
+        x, y = [r["train_size"] for r in mine], [r[y_key] for r in mine]
+        if errors:
+            err = [[r[y_key] - r["test_acc_min"] for r in mine], [r["test_acc_max"] - r[y_key] for r in mine]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[strategy], label=strategy)
+        else:
+            ax.plot(x, y, marker="o", color=colors[strategy], label=strategy)
+    if zero_line:
+        ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="training images (log scale)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_few_shot(table: Table, path: Path) -> Path | None:
+    return _plot_per_strategy(table, path, "test_acc_mean", "test/acc", "few-shot: test/acc vs training-set size", errors=True)
+
+
+def plot_gain(table: Table, path: Path) -> Path | None:
+    return _plot_per_strategy(table, path, "gain", "test/acc - scratch test/acc", "transfer gain over scratch", zero_line=True)
+
+
+def plot_cost(jobs: list[Job], path: Path) -> Path | None:
+    done = [j for j in jobs if j.completed and j.test_acc is not None]
+    if not done:
+        return None
+    figure, (by_params, by_time) = _figure(2)
+    strategies = strategy_order(j.record.strategy for j in done)
+    colors = _colors(strategies)
+    for strategy in strategies:
+        mine = [j for j in done if j.record.strategy == strategy]
+        with_params = [j for j in mine if j.trainable_params is not None]
+        with_time = [j for j in mine if j.seconds_per_epoch is not None]
+        by_params.scatter([j.trainable_params for j in with_params], [j.test_acc for j in with_params], color=colors[strategy], label=strategy)
+        by_time.scatter([j.seconds_per_epoch for j in with_time], [j.test_acc for j in with_time], color=colors[strategy], label=strategy)
+    by_params.set_xscale("log")
+    by_params.set(xlabel="trainable parameters", ylabel="test/acc", title="test/acc vs trainable parameters")
+    by_time.set(xlabel="seconds per training epoch", ylabel="test/acc", title="test/acc vs seconds per epoch")
+    for ax in (by_params, by_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_depth(table: Table, path: Path) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
+    if not compares_depths(table):
+        return None
+    rows = table.as_dicts()
+    figure, axes = _figure(3, 4.5, 3.8)
+    for fraction in sorted({r["fraction"] for r in rows}, key=lambda f: (f is None, f)):
+        mine = [r for r in rows if r["fraction"] == fraction]
+        depth = [r["frozen_depth"] for r in mine]
+        label = f"fraction {fraction:g}" if fraction is not None else "fraction ?"
+        axes[0].errorbar(depth, [r["test_acc_mean"] for r in mine], yerr=[r["test_acc_std"] for r in mine], marker="o", capsize=3, label=label)
+        axes[1].plot(depth, [r["params_trainable"] for r in mine], marker="o", label=label)
+        axes[2].plot(depth, [r["s_per_epoch"] for r in mine], marker="o", label=label)
+    for ax, ylabel in zip(axes, ("test/acc", "trainable parameters", "seconds per epoch")):
+        ax.set(xlabel="frozen stages (from the input)", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[1].set_yscale("log")
+    figure.suptitle("partial fine-tuning: how deep to freeze")
+    return _save(figure, path)

@@ -1,0 +1,154 @@
+"""The report page: ``report.html`` (tables beside their figures, figures embedded as base64 so it
+opens offline), the PNG figures and ``report.json`` (the same tables, for scripts)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_race
+from tlexp.report.tables import (Table, choose_fraction, compares_depths, cost_table, depth_table, few_shot_table,
+                                 gain_table, jobs_table, race_curves, race_table, unfinished_table)
+from tlexp.results import SUMMARY_FILE, Job, load_jobs
+
+REPORT_JSON = "report.json"
+
+
+def fmt(value, column: str = "") -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if "acc" in column or column in ("gain",):
+            return f"{value:.4f}"
+        if "lr" in column or "weight_decay" in column:
+            return f"{value:.3g}"
+        if column in ("fraction",):
+            return f"{value:g}"
+        if column.startswith("params") or column in ("train_size",):
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}" if column.startswith("params") or column == "train_size" else str(value)
+    if isinstance(value, (list, dict)):
+        return html.escape(json.dumps(value))
+    return html.escape(str(value))
+
+
+def table_html(table: Table, table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for c, v in zip(table.columns, row)) + "</tr>" for row in table.rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+
+
+def image_html(path: Path | None) -> str:
+    if path is None:
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.empty{color:#888;font-style:italic}
+.section{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img{max-width:100%;border:1px solid #eee}
+.failed{color:#b00}"""
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    text: str
+    table: Table
+    figure: Path | None
+    empty: str = ""
+
+
+def build_sections(jobs: list[Job], out: Path, fraction: float | None, figures: bool = True) -> list[Section]:
+    race_fraction = choose_fraction(jobs, fraction)
+    curves = race_curves(jobs, race_fraction) if race_fraction is not None else {}
+    few_shot = few_shot_table(jobs)
+    gain = gain_table(few_shot)
+    cost = cost_table(jobs)
+    depth = depth_table(jobs)
+    depths = compares_depths(depth)
+
+    def figure(plot, *args, name):
+        return plot(*args, out / name) if figures else None
+
+    return [
+        Section("race", "1. The race", f"Validation accuracy per epoch and per second of training for fraction "
+                f"{race_fraction if race_fraction is None else format(race_fraction, 'g')}: mean over seeds, band min-max.",
+                race_table(curves), figure(plot_race, curves, race_fraction, name="race.png") if curves else None,
+                "" if curves else "No completed job with a metrics.csv history" + (f" at fraction {race_fraction:g}." if race_fraction is not None else ".")),
+        Section("few_shot", "2. Few-shot curve", "Test accuracy against the number of training images (log scale); "
+                "error bars min-max over seeds.", few_shot, figure(plot_few_shot, few_shot, name="few_shot.png") if few_shot.rows else None,
+                "" if few_shot.rows else "No completed job with a test accuracy."),
+        Section("gain", "3. Transfer gain", "Each strategy's mean test accuracy minus scratch's at the same fraction.",
+                gain, figure(plot_gain, gain, name="transfer_gain.png") if gain.rows else None,
+                "" if gain.rows else "No scratch jobs at a fraction another strategy also ran: no gain to compute."),
+        Section("cost", "4. Cost", "Trainable parameters (at the end of training) and mean seconds per training epoch "
+                "against test accuracy, one point per job.", cost, figure(plot_cost, jobs, name="cost.png") if cost.rows else None,
+                "" if cost.rows else "No completed job with a test accuracy."),
+        Section("frozen_depth", "5. Frozen depth", "Jobs of strategy partial per number of frozen backbone stages.",
+                depth, figure(plot_depth, depth, name="frozen_depth.png") if depths else None,
+                "" if depths else "Fewer than two frozen depths among the partial jobs (run experiment=frozen_depth_sweep)."),
+    ]
+
+
+def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: float | None = None,
+             figures: bool = True) -> Path:
+    """Write report.html, report.json and the PNG figures; returns the HTML path."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"not a directory: {sweep_dir}")
+    out = Path(out) if out else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = load_jobs(sweep_dir)
+    sections = build_sections(jobs, out, fraction, figures)
+    overview = jobs_table(jobs)
+    counts = Counter(j.status for j in jobs)
+    summary_path = sweep_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tlexp report: {html.escape(sweep_dir.name)}</title>"
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>tlexp sweep report</h1><p>{html.escape(str(sweep_dir.resolve()))}: {len(jobs)} jobs, "
+             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "</p>"]
+    if summary:
+        parts.append("<p>Last sweep invocation: " + ", ".join(f"{k} {v}" for k, v in summary.get("counts", {}).items()) + "</p>")
+    if not jobs:
+        parts.append("<p class='empty'>No job directories (result.json or .hydra/) found.</p>")
+    for section in sections:
+        parts.append(f"<h2 id='{section.key}'>{section.title}</h2><p>{section.text}</p>")
+        if section.empty:
+            parts.append(f"<p class='empty'>{html.escape(section.empty)}</p>")
+        if section.table.rows:
+            parts.append(f"<div class='section'><div>{table_html(section.table, section.key)}</div>{image_html(section.figure)}</div>")
+    unfinished = unfinished_table(jobs)
+    if unfinished.rows:
+        parts.append("<h2 id='unfinished'>Diverged and interrupted jobs</h2><p>Not in the figures above: a diverged job's "
+                     "loss became non-finite; an interrupted one resumes when the sweep is run again.</p>"
+                     + table_html(unfinished, "unfinished"))
+    parts.append("<h2 id='jobs'>All jobs</h2>" + table_html(overview, "jobs") + "</body></html>")
+    html_path = out / "report.html"
+    html_path.write_text("\n".join(parts))
+    tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts()}
+    figures_written = {s.key: s.figure.name for s in sections if s.figure is not None}
+    (out / REPORT_JSON).write_text(json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
+                                              indent=1, default=str))
+    return html_path
+
+
+def report_figures(out: str | Path) -> list[Path]:
+    """The PNG figures a report in ``out`` wrote (from report.json)."""
+    path = Path(out) / REPORT_JSON
+    if not path.is_file():
+        return []
+    return [Path(out) / name for name in json.loads(path.read_text()).get("figures", {}).values() if (Path(out) / name).is_file()]

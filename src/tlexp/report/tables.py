@@ -1,0 +1,177 @@
+"""The report's numbers: statistics over seeds and one table per section, from the jobs of a sweep."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from tlexp.results import Job, Status
+
+
+def describe(values: list[float]) -> dict:
+    """n, mean, std (sample; 0 for one value), min, max of the finite values."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {"n": len(values), "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def known_strategies() -> list[str]:
+    """The strategy names in the registry's order (scratch, frozen, partial, ...)."""
+    from tlexp.strategies import STRATEGIES  # here, not at the top: it imports torch, which only a report needs
+
+    return list(STRATEGIES)
+
+
+def strategy_order(names) -> list[str]:
+    """``names`` in the registry's order; names it does not know after them, sorted."""
+    names, known = set(names), known_strategies()
+    return [s for s in known if s in names] + sorted(names - set(known))
+
+
+def fraction_of(job: Job) -> float | None:
+    fraction = job.record.fraction
+    return float(fraction) if isinstance(fraction, (int, float)) else None
+
+
+def choose_fraction(jobs: list[Job], requested: float | None = None) -> float | None:
+    """The race's fraction: the requested one, else the one with the most jobs with a history (ties: the largest)."""
+    with_history = [j for j in jobs if j.completed and j.history and fraction_of(j) is not None]
+    if requested is not None:
+        return float(requested)
+    counts = Counter(fraction_of(j) for j in with_history)
+    return max(counts, key=lambda f: (counts[f], f)) if counts else None
+
+
+@dataclass
+class Table:
+    """Rows of numbers and text; formatted only when written to HTML."""
+
+    columns: list[str]
+    rows: list[list]
+
+    def as_dicts(self) -> list[dict]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    columns = ["job", "status", "strategy", "fraction", "train_size", "seed", "frozen_depth", "lr_head", "lr_backbone",
+               "weight_decay", "params_trainable", "val_acc_best", "val_acc_final", "test_acc", "s_per_epoch",
+               "wall_seconds", "error"]
+    rows = []
+    for job in jobs:
+        derived = {"job": job.name, "status": job.status, "params_trainable": job.trainable_params,
+                   "s_per_epoch": job.seconds_per_epoch}
+        rows.append([derived[c] if c in derived else getattr(job.record, c) for c in columns])
+    return Table(columns, rows)
+
+
+def unfinished_table(jobs: list[Job]) -> Table:
+    """Diverged and interrupted jobs, apart from the results: where they stopped and why."""
+    columns = ["job", "status", "strategy", "lr_head", "lr_backbone", "step", "last_finite_loss", "error"]
+    rows = []
+    for job in jobs:
+        if job.status in (Status.DIVERGED, Status.INTERRUPTED):
+            record, details = job.record, job.record.diverged or {}
+            rows.append([job.name, job.status, record.strategy, record.lr_head, record.lr_backbone,
+                         details.get("step"), details.get("last_finite_loss"), record.error])
+    return Table(columns, rows)
+
+
+def race_curves(jobs: list[Job], fraction: float | None) -> dict[str, dict]:
+    """Per strategy, per epoch: val/acc (mean, min, max over seeds) and mean elapsed seconds."""
+    curves = {}
+    chosen = [j for j in jobs if j.completed and j.history and fraction_of(j) == fraction]
+    by_strategy = defaultdict(list)
+    for job in chosen:
+        by_strategy[job.record.strategy].append(job)
+    for strategy in strategy_order(by_strategy):
+        per_epoch = defaultdict(lambda: {"acc": [], "elapsed": []})
+        for job in by_strategy[strategy]:
+            for row in job.history:
+                if "val/acc" in row:
+                    per_epoch[row["epoch"]]["acc"].append(row["val/acc"])
+                    per_epoch[row["epoch"]]["elapsed"].append(row.get("time/elapsed_s"))
+        epochs = sorted(per_epoch)
+        acc = [describe(per_epoch[e]["acc"]) for e in epochs]
+        elapsed = [describe(per_epoch[e]["elapsed"])["mean"] for e in epochs]
+        curves[strategy] = {"runs": len(by_strategy[strategy]), "epoch": [e + 1 for e in epochs], "elapsed": elapsed,
+                            "mean": [a["mean"] for a in acc], "min": [a["min"] for a in acc], "max": [a["max"] for a in acc]}
+    return curves
+
+
+def race_table(curves: dict[str, dict]) -> Table:
+    rows = []
+    for strategy, curve in curves.items():
+        for i, epoch in enumerate(curve["epoch"]):
+            rows.append([strategy, curve["runs"], epoch, curve["elapsed"][i], curve["mean"][i], curve["min"][i], curve["max"][i]])
+    return Table(["strategy", "runs", "epoch", "elapsed_s", "val_acc_mean", "val_acc_min", "val_acc_max"], rows)
+
+
+def few_shot_table(jobs: list[Job]) -> Table:
+    """Per strategy and fraction: training-set size and test/acc over seeds."""
+    groups = defaultdict(list)
+    for job in jobs:
+        if job.completed and job.test_acc is not None and fraction_of(job) is not None:
+            groups[(job.record.strategy, fraction_of(job))].append(job)
+    rows = []
+    for strategy in strategy_order(s for s, _ in groups):
+        for fraction in sorted(f for s, f in groups if s == strategy):
+            members = groups[(strategy, fraction)]
+            acc = describe([j.test_acc for j in members])
+            size = describe([j.record.train_size for j in members])["mean"]
+            rows.append([strategy, fraction, size, acc["n"], acc["mean"], acc["std"], acc["min"], acc["max"]])
+    return Table(["strategy", "fraction", "train_size", "runs", "test_acc_mean", "test_acc_std", "test_acc_min",
+                  "test_acc_max"], rows)
+
+
+def gain_table(few_shot: Table) -> Table:
+    """Each strategy's mean test/acc minus scratch's at the same fraction."""
+    rows = few_shot.as_dicts()
+    scratch = {r["fraction"]: r["test_acc_mean"] for r in rows if r["strategy"] == "scratch"}
+    out = []
+    for r in rows:
+        if r["strategy"] != "scratch" and r["fraction"] in scratch:
+            out.append([r["strategy"], r["fraction"], r["train_size"], r["test_acc_mean"], scratch[r["fraction"]],
+                        r["test_acc_mean"] - scratch[r["fraction"]]])
+    return Table(["strategy", "fraction", "train_size", "test_acc_mean", "scratch_test_acc_mean", "gain"], out)
+
+
+def cost_table(jobs: list[Job]) -> Table:
+    groups = defaultdict(list)
+    for job in jobs:
+        if job.completed and job.test_acc is not None:
+            groups[(job.record.strategy, fraction_of(job))].append(job)
+    rows = []
+    for strategy in strategy_order(s for s, _ in groups):
+        for fraction in sorted((f for s, f in groups if s == strategy), key=lambda f: (f is None, f)):
+            members = groups[(strategy, fraction)]
+            rows.append([strategy, fraction, len(members), describe([j.trainable_params for j in members])["mean"],
+                         describe([j.seconds_per_epoch for j in members])["mean"],
+                         describe([j.test_acc for j in members])["mean"]])
+    return Table(["strategy", "fraction", "runs", "params_trainable", "s_per_epoch", "test_acc_mean"], rows)
+
+
+def depth_table(jobs: list[Job]) -> Table:
+    """``partial`` jobs per (fraction, frozen depth): test/acc, trainable parameters, seconds per epoch."""
+    groups = defaultdict(list)
+    for job in jobs:
+        if job.completed and job.record.strategy == "partial" and job.record.frozen_depth is not None:
+            groups[(fraction_of(job), job.record.frozen_depth)].append(job)
+    rows = []
+    for fraction, depth in sorted(groups, key=lambda k: (k[0] is None, k[0], k[1])):
+        members = groups[(fraction, depth)]
+        acc = describe([j.test_acc for j in members])
+        rows.append([fraction, depth, members[0].record.num_stages, acc["n"], acc["mean"], acc["std"],
+                     describe([j.trainable_params for j in members])["mean"],
+                     describe([j.seconds_per_epoch for j in members])["mean"]])
+    return Table(["fraction", "frozen_depth", "num_stages", "runs", "test_acc_mean", "test_acc_std", "params_trainable",
+                  "s_per_epoch"], rows)
+
+
+def compares_depths(depth: Table) -> bool:
+    """Whether the frozen-depth table has something to compare: at least two frozen depths."""
+    return len({row["frozen_depth"] for row in depth.as_dicts()}) >= 2
