@@ -52,10 +52,10 @@ data: ## install the default dataset (Debian package dataset-fashion-mnist) wher
 train: setup data ## set up, then run the default experiment (python train.py)
 	$(BIN)/python train.py
 
-test: setup data ## set up, then run the whole test suite (CPU, several minutes on 2 cores)
+test: setup data ## set up, then run the whole test suite (CPU, about 15 min on 2 cores)
 	$(BIN)/pytest -q
 
-test-fast: setup ## the tests that do not start train.py subprocesses
+test-fast: setup ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
 
 clean: ## remove run outputs (logs/, wandb/), keep .venv and data

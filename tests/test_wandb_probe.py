@@ -1,7 +1,7 @@
 """W&B credentials but no server that answers (a cluster node without internet): mode auto and online probe
 the server and log offline with one warning instead of failing in wandb.init; a sweep probes once, in the
 launching process. Every server here is on the loopback: a port that refuses, a socket that accepts and
-never answers, a small HTTP server."""
+never answers, a small HTTP server. Also the logger config: its _target_ nodes built into the run directory."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json, run_train
+from lightning.pytorch.loggers import CSVLogger
+
+from conftest import compose_config, read_json, run_train
 from tlexp import loggers
-from tlexp.loggers import UNREACHABLE_ENV, FallbackWandbLogger, probe_wandb_server, resolve_wandb_mode, wandb_base_url
+from tlexp.errors import ConfigError, InvalidValue
+from tlexp.loggers import (UNREACHABLE_ENV, FallbackWandbLogger, build_loggers, probe_wandb_server, resolve_wandb_mode,
+                           wandb_base_url)
 
 DUMMY_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, like a W&B API key
 WARNING = "did not answer"
@@ -159,8 +163,49 @@ def test_no_credentials_is_offline_without_probe(credentials, monkeypatch, tmp_p
 
 
 def test_probe_timeout_must_be_positive(credentials, tmp_path):
-    with pytest.raises(ValueError, match="logger.wandb.probe_timeout"):
+    with pytest.raises(InvalidValue, match="probe_timeout=0 ") as error:
         resolve_wandb_mode({"mode": "auto", "probe_timeout": 0}, tmp_path)
+    assert error.value.name == "probe_timeout"
+
+
+# --- the logger config: _target_ nodes built into the run directory ----------------------------------------
+def logger_cfg(tmp_path, *overrides: str):
+    return compose_config(*overrides, f"paths.output_dir={tmp_path}").logger
+
+
+def test_logger_wandb_builds_csv_and_wandb_with_the_run_facts(tmp_path):
+    """logger=wandb: metrics.csv in the run directory, and W&B with the job's name, group and tags."""
+    built = build_loggers(logger_cfg(tmp_path, "logger=wandb"), str(tmp_path), "strategy=full", "study", ["full", "x"])
+    csv_logger, wandb_logger = built
+    assert isinstance(csv_logger, CSVLogger) and Path(csv_logger.log_dir) == tmp_path
+    assert isinstance(wandb_logger, FallbackWandbLogger)
+    init = wandb_logger._wandb_init
+    assert (init["name"], init["group"], init["tags"], init["mode"]) == ("strategy=full", "study", ["full", "x"], "offline")
+    assert (init["project"], init["job_type"], init["dir"]) == ("tlexp", "train", str(tmp_path))
+
+
+def test_logger_csv_is_metrics_csv_only(tmp_path):
+    [csv_logger] = build_loggers(logger_cfg(tmp_path, "logger=csv"), str(tmp_path), "run", None, [])
+    assert isinstance(csv_logger, CSVLogger) and Path(csv_logger.log_dir) == tmp_path
+
+
+def test_logger_tensorboard_composes_csv_and_tensorboard(tmp_path):
+    cfg = logger_cfg(tmp_path, "logger=tensorboard")
+    assert [node._target_ for node in cfg.values()] == ["lightning.pytorch.loggers.CSVLogger",
+                                                        "lightning.pytorch.loggers.TensorBoardLogger"]
+
+
+@pytest.mark.parametrize(("override", "key"), [("logger.wandb.mode=bogus", "logger.wandb.mode"),
+                                               ("logger.wandb.probe_timeout=0", "logger.wandb.probe_timeout")])
+def test_bad_wandb_setting_names_its_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=f"^{key}=") as error:
+        build_loggers(logger_cfg(tmp_path, "logger=wandb", override), str(tmp_path), "run", None, [])
+    assert error.value.key == key
+
+
+def test_logger_config_without_csv_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="metrics.csv"):
+        build_loggers(logger_cfg(tmp_path, "logger=wandb", "~logger.csv"), str(tmp_path), "run", None, [])
 
 
 def test_base_url_from_environment_then_settings_file(credentials, monkeypatch, tmp_path):

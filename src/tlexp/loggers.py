@@ -1,5 +1,6 @@
-"""Experiment loggers: W&B (online with credentials and a server that answers, else offline; never prompts
-or hangs), TensorBoard, and a CSV logger that always writes ``metrics.csv`` into the run directory."""
+"""Experiment loggers, one per ``_target_`` node of ``conf/logger/``, built into the run directory: Lightning's
+CSVLogger (``metrics.csv``, in every option), TensorBoardLogger, and W&B (online with credentials and a
+server that answers, else offline; never prompts or hangs)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+import hydra
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from tlexp.errors import ConfigError
+from tlexp import config
+from tlexp.errors import ConfigError, InvalidValue
 
 log = logging.getLogger("tlexp")
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 PROBE_TIMEOUT = 10.0
-TLEXP_KEYS = ("mode", "probe_timeout")
-"""Keys of ``logger.wandb`` that tlexp reads; the others go to ``wandb.init``."""
+RUN_FACTS = ("name", "group", "tags")
+"""What build_loggers knows of the job and fills in where a logger node leaves the key null."""
 UNREACHABLE_ENV = "TLEXP_WANDB_UNREACHABLE"
 """Set to the server's URL once a probe found it unreachable: this process and its children (the jobs of
 a sweep, under any launcher) then log offline without probing and warning again."""
@@ -99,16 +102,17 @@ def wandb_server_answers(timeout: float, sync_dir: str | Path) -> bool:
 
 
 def resolve_wandb_mode(options: Mapping, sync_dir: str | Path) -> str:
-    """The W&B mode for ``logger.wandb`` (``options``): WANDB_MODE in the environment wins; ``auto`` is
-    online with credentials, else offline; online becomes offline when the server does not answer within
-    ``probe_timeout`` seconds, so that a node without network trains and logs offline instead of failing
-    in wandb.init. ``sync_dir`` is the directory named in the warning as the one to upload later."""
+    """The W&B mode for the options of ``logger.wandb`` (``mode``, ``probe_timeout``): WANDB_MODE in the
+    environment wins; ``auto`` is online with credentials, else offline; online becomes offline when the
+    server does not answer within ``probe_timeout`` seconds, so that a node without network trains and logs
+    offline instead of failing in wandb.init. ``sync_dir`` is the directory named in the warning as the one
+    to upload later."""
     mode = options.get("mode", "auto")
     timeout = options.get("probe_timeout", PROBE_TIMEOUT)
     if mode not in WANDB_MODES:
-        raise ConfigError("logger.wandb.mode", mode, ", ".join(WANDB_MODES))
+        raise InvalidValue("mode", mode, ", ".join(WANDB_MODES))
     if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError("logger.wandb.probe_timeout", timeout, "a number of seconds > 0")
+        raise InvalidValue("probe_timeout", timeout, "a number of seconds > 0")
     os.environ.setdefault("WANDB_SILENT", "true")  # before wandb loads its settings: no banners
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
@@ -139,16 +143,26 @@ class FallbackWandbLogger(WandbLogger):
             return super().experiment
 
 
+def wandb_logger(save_dir: str, mode: str = "auto", probe_timeout: float = PROBE_TIMEOUT, **options) -> FallbackWandbLogger:
+    """The logger of ``logger=wandb``: a FallbackWandbLogger in the mode resolve_wandb_mode chooses, so that
+    no job prompts or waits for a network; ``options`` (project, name, group, tags, ...) go to WandbLogger."""
+    mode = resolve_wandb_mode({"mode": mode, "probe_timeout": probe_timeout}, save_dir)
+    return FallbackWandbLogger(save_dir=save_dir, mode=mode, **options)
+
+
 def build_loggers(cfg: DictConfig, output_dir: str, run_name: str, group: str | None, tags: list[str]) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="")]
-    if "tensorboard" in cfg:
-        loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="", **cfg.tensorboard))
-    if "wandb" in cfg:
-        mode = resolve_wandb_mode(cfg.wandb, output_dir)
-        options = {key: value for key, value in cfg.wandb.items() if key not in TLEXP_KEYS}
-        loggers.append(FallbackWandbLogger(save_dir=output_dir, name=run_name, group=group, tags=tags,
-                                           mode=mode, log_model=False, settings={"init_timeout": 60, "silent": True},
-                                           **options))
+    """One logger per ``_target_`` node of ``logger`` (``cfg``), writing into the run directory ``output_dir``;
+    ``run_name``, ``group`` and ``tags`` fill the RUN_FACTS a node leaves null (W&B's). Every option of
+    conf/logger/ includes ``csv``: results and the report read ``metrics.csv``, so a config without a
+    CSVLogger is refused."""
+    facts = dict(zip(RUN_FACTS, (run_name, group, list(tags))))
+    targets = [hydra.utils.get_object(node._target_) for node in cfg.values()]
+    if not any(isinstance(target, type) and issubclass(target, CSVLogger) for target in targets):
+        raise ConfigError("logger", list(cfg), "nodes among which a CSVLogger (logger.csv): results and the report read metrics.csv")
+    loggers = []
+    for key, node in cfg.items():
+        filled = {fact: value for fact, value in facts.items() if fact in node and node[fact] is None}
+        loggers.append(config.instantiate(f"logger.{key}", node, _convert_="all", save_dir=output_dir, **filled))
     return loggers
 
 
