@@ -103,7 +103,7 @@ class TransferModule(L.LightningModule):
     def _step(self, batch, accuracy: MulticlassAccuracy, split: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = self.training_loss(images, logits, labels) if split == "train" else self.criterion(logits, labels)
         accuracy.update(logits, labels)  # only the epoch value is logged: no per-batch compute
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split != "train", batch_size=len(labels),
                  sync_dist=split != "train")
@@ -111,6 +111,11 @@ class TransferModule(L.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
+
+    def training_loss(self, inputs: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training objective. Strategies that add a term (a penalty, soft targets) override it and
+        log their terms; validation and test always report the plain cross-entropy, comparable across strategies."""
+        return self.criterion(logits, labels)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_acc, "train")

@@ -103,9 +103,10 @@ class StageLR(LambdaLR):
     def get_lr(self) -> list[float]:
         return self._rates()
 
-    def enter_epoch(self, epoch: int) -> None:
-        """Set the rates for ``epoch``'s trainable stages now, without stepping the schedule."""
-        self.epoch = epoch
+    def enter_epoch(self, epoch: int, plan=None) -> None:
+        """Set the rates for ``epoch``'s trainable stages now, without stepping the schedule; ``plan``:
+        the module's current plan, when the strategy may have changed it (plateau unfreezing)."""
+        self.epoch, self.plan = epoch, plan or self.plan
         for group, rate in zip(self.optimizer.param_groups, self._rates()):
             group["lr"] = rate
 

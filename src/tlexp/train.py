@@ -94,6 +94,7 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
     record.val_acc_final = metrics.get("val/acc")
     record.val_acc_best = metrics.get("val/acc_best")
     record.params_trainable_end = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    record.unfreeze_epochs = module.plan.start  # as trained: plateau unfreezing decides it during training
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None

@@ -32,7 +32,7 @@ class FineTuning(Callback):
         self.unfrozen = freeze(pl_module, epoch)
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, StageLR):
-                config.scheduler.enter_epoch(epoch)
+                config.scheduler.enter_epoch(epoch, pl_module.plan)
 
     def on_train_start(self, trainer, pl_module):
         """Also where a mid-epoch resume gets its stages set: Lightning then skips on_train_epoch_start."""
@@ -60,10 +60,11 @@ class FineTuning(Callback):
         pl_module.log_dict(rates, on_step=True, on_epoch=False)
 
     def state_dict(self):
-        return {"unfrozen": list(self.unfrozen), "plan": self._plan}
+        """The plan as it is now: a strategy that decides during training (plateau unfreezing) has changed it."""
+        return {"unfrozen": list(self.unfrozen), "plan": self._module.plan.to_dict()}
 
     def setup(self, trainer, pl_module, stage):
-        self._plan = pl_module.plan.to_dict()
+        self._module = pl_module
 
     def load_state_dict(self, state_dict):
         self._restored = dict(state_dict)

@@ -1,27 +1,102 @@
+from lightning.pytorch.callbacks import Callback
+
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
 from tlexp.stages import HEAD
+
+UNFREEZE_ON = ("schedule", "plateau")
+
+
+def plateaued(history: list[float], patience: int, min_delta: float, since: int = 0) -> bool:
+    """Whether the last ``patience`` values of ``history`` (from index ``since`` on, the epochs since
+    the last unfreezing) all failed to beat the best value before them by more than ``min_delta``."""
+    window = history[since:]
+    if len(window) <= patience:
+        return False
+    best_before = max(window[:-patience])
+    return all(value <= best_before + min_delta for value in window[-patience:])
 
 
 class Gradual(TransferModule):
     """ULMFiT gradual unfreezing: the head first, then one more stage from the top every
     ``unfreeze_every`` epochs, or at the epochs of an explicit ``milestones`` mapping
-    (stage name -> epoch; stages it does not name stay frozen)."""
+    (stage name -> epoch; stages it does not name stay frozen).
 
-    def __init__(self, *args, unfreeze_every: int = 1, milestones: dict | None = None, **kwargs):
+    ``unfreeze_on=plateau``: instead, the next stage unfreezes after an epoch in which ``val/acc``
+    has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
+    unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test stops training (``stop_at_plateau``). The
+    epochs chosen are part of the freeze plan, so checkpoints carry them and a resume continues."""
+
+    def __init__(self, *args, unfreeze_every: int = 1, milestones: dict | None = None, unfreeze_on: str = "schedule",
+                 patience: int = 1, min_delta: float = 0.0, stop_at_plateau: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         names = [stage.name for stage in self.backbone_stages]
         milestones = dict(milestones) if milestones else None
         for name in milestones or {}:
             if name not in names:
                 raise InvalidValue("milestones", name, f"stage names {names}")
-        self.hparams.unfreeze_every = unfreeze_every
-        self.hparams.milestones = milestones
+        self.hparams.update(unfreeze_every=unfreeze_every, milestones=milestones, unfreeze_on=unfreeze_on, patience=patience,
+                            min_delta=min_delta, stop_at_plateau=stop_at_plateau)
+        self.unfrozen_at: dict[str, int] = {}
+        """unfreeze_on=plateau: stage -> the epoch it was unfrozen for, decided during training."""
 
     def start_epochs(self):
-        if self.hparams.milestones:
+        if self.hparams.unfreeze_on == "plateau":
+            epochs = self.unfrozen_at
+        elif self.hparams.milestones:
             epochs = {stage.name: self.hparams.milestones.get(stage.name) for stage in self.backbone_stages}
         else:
             top_down = reversed(self.backbone_stages)
             epochs = {stage.name: (k + 1) * self.hparams.unfreeze_every for k, stage in enumerate(top_down)}
         return {**{stage.name: epochs.get(stage.name) for stage in self.backbone_stages}, HEAD: 0}
+
+    def unfreeze_next(self, epoch: int) -> bool:
+        """Unfreeze the top frozen stage from ``epoch`` on; False when every stage already trains."""
+        frozen = [stage.name for stage in self.backbone_stages if stage.name not in self.unfrozen_at]
+        if not frozen:
+            return False
+        self.unfrozen_at[frozen[-1]] = epoch
+        self.plan = self.freeze_plan()
+        return True
+
+    def configure_callbacks(self):
+        plateau = [PlateauUnfreezing()] if self.hparams.unfreeze_on == "plateau" else []
+        return [*super().configure_callbacks(), *plateau]
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["unfrozen_at"] = dict(self.unfrozen_at)
+
+    def on_load_checkpoint(self, checkpoint):
+        """Before the callbacks' state: FineTuning then finds the same plan as the checkpoint's."""
+        self.unfrozen_at = dict(checkpoint.get("unfrozen_at", {}))
+        self.plan = self.freeze_plan()
+
+
+class PlateauUnfreezing(Callback):
+    """After each validation: ``val/acc`` stalled -> the next stage trains from the next epoch, or stop."""
+
+    def __init__(self):
+        self.history: list[float] = []
+
+    @property
+    def state_key(self) -> str:
+        return "PlateauUnfreezing"
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+            return
+        self.history.append(float(trainer.callback_metrics["val/acc"]))
+        epoch = trainer.current_epoch
+        if epoch + 1 >= trainer.max_epochs:  # nothing left to unfreeze for
+            return
+        since = max(pl_module.unfrozen_at.values(), default=0)
+        if not plateaued(self.history, pl_module.hparams.patience, pl_module.hparams.min_delta, since):
+            return
+        if not pl_module.unfreeze_next(epoch + 1) and pl_module.hparams.stop_at_plateau:
+            trainer.should_stop = True
+
+    def state_dict(self):
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict):
+        self.history = list(state_dict.get("history", []))
