@@ -10,7 +10,7 @@ epoch, frozen depth, trainable parameters), and travels in checkpoints as plain 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from tlexp.errors import InvalidValue
 from tlexp.stages import HEAD, Stage
@@ -62,7 +62,7 @@ class FreezePlan:
 
     def trainable(self, epoch: int) -> list[str]:
         """The stages that train in ``epoch``, input to output."""
-        return [name for name in self.stages if self.start[name] is not None and epoch >= self.start[name]]
+        return [name for name in self.stages if self.trains(name, epoch)]
 
     def trains(self, stage: str, epoch: int, batchnorm: bool = False) -> bool:
         """Whether ``stage``'s parameters train in ``epoch``; ``batchnorm``: its BN affine weights,
@@ -92,12 +92,10 @@ class FreezePlan:
         return {**asdict(self), "stages": list(self.stages)}
 
 
-def freeze(module, epoch: int, bn_policy: str | None = None, bn_trainable: str | None = None) -> list[str]:
+def freeze(module, epoch: int) -> list[str]:
     """Apply ``module.plan`` at ``epoch``: ``requires_grad`` per stage (``FreezePlan.trains``) and the
-    BatchNorm modes. ``bn_policy``/``bn_trainable`` replace the plan's. Returns the trainable stage names."""
+    BatchNorm modes. Returns the trainable stage names."""
     plan = module.plan
-    if bn_policy or bn_trainable:
-        plan = replace(plan, bn_policy=bn_policy or plan.bn_policy, bn_trainable=bn_trainable or plan.bn_trainable)
     for stage in module.stages:
         for param in stage.params:
             param.requires_grad_(plan.trains(stage.name, epoch))
