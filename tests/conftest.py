@@ -159,17 +159,29 @@ def metric_columns(run_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory):
+    """A finished tiny run (1 epoch of strategy=full on synthetic data): a teacher for strategy=distill."""
+    run_dir = tmp_path_factory.mktemp("teacher")
+    run_train(run_dir, "strategy=full", "trainer.max_epochs=1")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def strategy_sweep(tmp_path_factory):
     """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
-    tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step.
+    tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step; then ``distill``,
+    whose teacher is that sweep's ``full`` run.
 
-    Returns (CompletedProcess, {strategy: run dir}).
+    Returns (CompletedProcess of the sweep, or of distill where the sweep passed, {strategy: run dir}).
     """
     sweep_dir = tmp_path_factory.mktemp("strategy_sweep")
-    result = run_train(sweep_dir, f"strategy={','.join(STRATEGIES)}", f"data.fraction={SWEEP_FRACTION}",
-                       "trainer.log_every_n_steps=1", "hydra.sweep.subdir=${hydra.job.num}",
+    common = (f"data.fraction={SWEEP_FRACTION}", "trainer.log_every_n_steps=1")
+    swept = [name for name in STRATEGIES if name != "distill"]
+    result = run_train(sweep_dir, f"strategy={','.join(swept)}", *common, "hydra.sweep.subdir=${hydra.job.num}",
                        multirun=True, check=False)
-    runs = {}
-    for result_file in sweep_dir.glob("*/result.json"):
-        runs[read_json(result_file)["strategy"]] = result_file.parent
+    runs = {read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")}
+    if result.returncode == 0 and "full" in runs:
+        result = run_train(sweep_dir / "distill", "strategy=distill", f"strategy.teacher={runs['full']}", *common,
+                           check=False)
+        runs.update({read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("distill/result.json")})
     return result, runs

@@ -12,14 +12,20 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from conftest import CONF_DIR, STRATEGIES, read_json, run_train
 from tlexp import config
 
-SHARED = {"strategy.lr_head", "strategy.optimizer.weight_decay"}
+SHARED = {"strategy.lr_head"}
+DECAY = "strategy.optimizer.weight_decay"
 OWN = {
-    "scratch": {"strategy.lr_backbone"},
-    "frozen": set(),  # the backbone never trains: no backbone rate to search
-    "partial": {"strategy.lr_backbone", "strategy.frozen_depth"},
-    "full": {"strategy.lr_backbone"},
-    "gradual": {"strategy.lr_backbone", "strategy.lr_decay", "strategy.unfreeze_every"},
-    "discriminative": {"strategy.lr_backbone", "strategy.lr_decay"},
+    "scratch": {"strategy.lr_backbone", DECAY},
+    "frozen": {DECAY},  # the backbone never trains: no backbone rate to search
+    "partial": {"strategy.lr_backbone", "strategy.frozen_depth", DECAY},
+    "full": {"strategy.lr_backbone", DECAY},
+    "gradual": {"strategy.lr_backbone", "strategy.lr_decay", "strategy.unfreeze_every", DECAY},
+    "discriminative": {"strategy.lr_backbone", "strategy.lr_decay", DECAY},
+    "reinit": {"strategy.lr_backbone", "strategy.lr_decay", "strategy.reinit_stages", DECAY},
+    "l2sp": {"strategy.lr_backbone", "strategy.alpha", "strategy.beta"},  # the penalty replaces weight decay
+    "lora": {"strategy.lr_lora", "strategy.rank", DECAY},
+    "distill": {"strategy.lr_backbone", "strategy.alpha", "strategy.temperature", DECAY},
+    "lwf": {"strategy.lr_backbone", "strategy.lambda_old", "strategy.temperature", DECAY},
 }
 
 

@@ -29,6 +29,7 @@ from tlexp.freeze_plan import BN_POLICIES, BN_TRAINABLE
 from tlexp.heads import HEADS
 from tlexp.schedules import SCHEDULES
 from tlexp.strategies.gradual import UNFREEZE_ON
+from tlexp.strategies.lora import TARGET_STAGES, target_stages_form
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -74,6 +75,12 @@ RULES: dict[str, Rule] = {
     "strategy.stage_warmup": BOOLEAN,
     "strategy.unfreeze_every": _integer(1),
     "strategy.milestones": Rule("an epoch number >= 0", _integer(0).test, each=True),
+    "strategy.temperature": Rule("a temperature > 0", lambda v: _number(v) and v > 0),
+    "strategy.lambda_old": Rule("a weight >= 0", lambda v: _number(v) and v >= 0),
+    "strategy.rank": _integer(1),
+    "strategy.lr_lora": POSITIVE_RATE,
+    "strategy.target_stages": Rule(TARGET_STAGES, target_stages_form),
+    "strategy.reinit_stages": _integer(1),
     "strategy.unfreeze_on": _choice(UNFREEZE_ON),
     "strategy.patience": _integer(1),
     "strategy.min_delta": Rule("a number >= 0", lambda v: _number(v) and v >= 0),

@@ -7,13 +7,18 @@ spaces and the tests take the names and their order from ``STRATEGIES``.
 """
 
 from tlexp.strategies.discriminative import Discriminative
+from tlexp.strategies.distill import Distill
 from tlexp.strategies.frozen import Frozen
 from tlexp.strategies.full import Full
 from tlexp.strategies.gradual import Gradual
+from tlexp.strategies.l2sp import L2SP
+from tlexp.strategies.lora import Lora
+from tlexp.strategies.lwf import LwF
 from tlexp.strategies.partial import Partial
+from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
 
-STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative)}
+STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP, Distill, Lora, LwF)}
 """name -> class, from the least to the most adapted backbone; the order the report draws them in."""
 
-__all__ = ["STRATEGIES", "Discriminative", "Frozen", "Full", "Gradual", "Partial", "Scratch"]
+__all__ = ["L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial", "Reinit", "Scratch"]

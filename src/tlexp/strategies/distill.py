@@ -1,0 +1,97 @@
+"""Knowledge distillation: the run's model (the student) learns from a finished tlexp run (the teacher).
+
+The teacher is rebuilt from its run directory (``.hydra/config.yaml``: model and strategy) and its
+best checkpoint, so any strategy's finished run can teach any student of the same task. A plain
+timm model is not accepted as a teacher: its classifier would not output the target classes; train
+it here first (``python train.py model=timm model.name=<teacher>``) and pass that run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import timm
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from tlexp.errors import InvalidValue
+from tlexp.module import TransferModule
+from tlexp.results import read_result
+from tlexp.strategies.soft_targets import FrozenModel, soft_target_kl
+
+TEACHER = "a finished tlexp run directory (its best checkpoint) or a .ckpt file inside one"
+
+
+def _run_and_checkpoint(source: str) -> tuple[Path, Path]:
+    """(run directory, checkpoint) of ``source``: a run directory (the checkpoint its result.json
+    says was tested) or a checkpoint file in ``<run>/checkpoints/``."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        run_dir, checkpoint = path.parent.parent, path
+    else:
+        record = read_result(path) if path.is_dir() else None
+        best = record.best_checkpoint if record else None
+        if not best:
+            raise InvalidValue("teacher", source, TEACHER, "no run directory with a tested best checkpoint in result.json")
+        run_dir, checkpoint = path, Path(best)
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise InvalidValue("teacher", source, TEACHER, f"{run_dir / '.hydra' / 'config.yaml'} not found")
+    if not checkpoint.is_file():
+        raise InvalidValue("teacher", source, TEACHER, f"checkpoint {checkpoint} not found")
+    return run_dir, checkpoint
+
+
+def load_teacher(source: str, num_classes: int) -> nn.Module:
+    """The module of a finished run, with its checkpoint's weights, in eval mode.
+
+    Built as the run built it (its ``model`` and ``strategy`` nodes) but without loading pretrained
+    weights, which the checkpoint replaces; a run on other classes is refused."""
+    run_dir, checkpoint = _run_and_checkpoint(source)
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    backbone = hydra.utils.instantiate(cfg.model, pretrained=False, weights=None, img_size=cfg.data.image_size)
+    teacher = hydra.utils.instantiate(cfg.strategy, backbone=backbone, num_classes=num_classes)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]  # our own run's file
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as error:
+        raise InvalidValue("teacher", source, f"{TEACHER}, trained on the same {num_classes} classes",
+                           str(error).strip().splitlines()[0]) from error
+    return teacher.eval()
+
+
+def _preprocessing(backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as ``(1, C, 1, 1)``: the normalisation tlexp's data modules apply for ``backbone``."""
+    config = timm.data.resolve_model_data_config(backbone)
+    return torch.tensor(config["mean"]).view(1, -1, 1, 1), torch.tensor(config["std"]).view(1, -1, 1, 1)
+
+
+class Distill(TransferModule):
+    """The student trains on ``alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE``.
+
+    ``teacher``: see ``TEACHER``; frozen, eval mode, outside the optimizer and the checkpoint (rebuilt
+    from ``teacher`` when the student is built, also on resume). It sees the student's images,
+    renormalised to its own backbone's mean and std when they differ (not resized: give the student
+    the teacher's ``data.image_size``). ``alpha``: the soft term's weight (0: plain training, bit for
+    bit); ``temperature``: T. The rest as for ``full``."""
+
+    def __init__(self, *args, teacher: str | None = None, alpha: float = 0.9, temperature: float = 4.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not teacher:
+            raise InvalidValue("teacher", teacher, TEACHER)
+        if not 0 <= alpha <= 1:
+            raise InvalidValue("alpha", alpha, "a weight in [0, 1]")
+        if not temperature > 0:
+            raise InvalidValue("temperature", temperature, "a temperature > 0")
+        model = load_teacher(teacher, self.hparams.num_classes)
+        student, own = _preprocessing(self.backbone), _preprocessing(model.backbone)
+        same = all(torch.equal(a, b) for a, b in zip(student, own))
+        self.teacher = FrozenModel(model, renormalize=None if same else (student, own))
+
+    def training_loss(self, inputs: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        alpha = self.hparams.alpha
+        hard = self.criterion(logits, labels)
+        soft = soft_target_kl(logits, self.teacher(inputs), self.hparams.temperature)
+        self.log_dict({"train/loss_ce": hard, "train/loss_kl": soft}, on_step=False, on_epoch=True, batch_size=len(labels))
+        return alpha * soft + (1 - alpha) * hard

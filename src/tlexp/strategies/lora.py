@@ -1,0 +1,138 @@
+"""LoRA: low-rank adapters (the ``peft`` library) on the convolutions and linear layers of chosen
+stages; the pretrained weights never move, the adapters and the new head train.
+
+The adapters are injected into the backbone in place *before* the stages are split, so timm's
+group matcher still sees the original module paths (``blocks.3.0.conv_pw.base_layer.weight`` is
+in ``blocks.3``). Each stage's adapter parameters then move into a stage of their own,
+``<stage>.lora``, right after it: the base stages never train (BatchNorm follows ``bn_policy`` for
+frozen stages, eval mode by default), the ``.lora`` stages and the head train from the start.
+``merge`` folds the adapters into the weights for export (``tlexp-export``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import OrderedDict
+
+from torch import nn
+
+from tlexp.errors import InvalidValue
+from tlexp.module import TransferModule
+from tlexp.stages import HEAD, Stage, split_stages
+
+TARGET_STAGES = "all, top:<k> (the k stages nearest the head) or a list of backbone stage names"
+LORA = ".lora"
+"""Suffix of the stage holding a backbone stage's adapters."""
+
+
+def adaptable(module: nn.Module) -> bool:
+    """Layers whose adapters ``merge`` folds exactly: plain ``nn.Linear`` and ungrouped ``nn.Conv2d``.
+    Grouped (depthwise) convolutions are left out (peft cannot merge them), and so are subclasses
+    that change the forward (timm's ``Conv2dSame`` pads dynamically, ``StdConv2d`` standardises)."""
+    return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
+
+
+def target_stages_form(value) -> bool:
+    """Whether ``value`` has one of the forms of ``TARGET_STAGES`` (the stage names are checked against the model)."""
+    if isinstance(value, str):
+        return value == "all" or re.fullmatch(r"top:[1-9]\d*", value) is not None
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(name, str) for name in value)
+
+
+def select_stages(names: list[str], target_stages) -> list[str]:
+    """The backbone stage names ``target_stages`` means (see ``TARGET_STAGES``)."""
+    if target_stages == "all":
+        return list(names)
+    if isinstance(target_stages, str):
+        found = re.fullmatch(r"top:(\d+)", target_stages)
+        if found and 1 <= int(found.group(1)) <= len(names):
+            return names[-int(found.group(1)):]
+    elif isinstance(target_stages, (list, tuple)) and target_stages and all(n in names for n in target_stages):
+        return [n for n in names if n in target_stages]
+    raise InvalidValue("target_stages", target_stages, f"{TARGET_STAGES}; this backbone has {len(names)}: {names}")
+
+
+def inject(backbone: nn.Module, rank: int, alpha: float, dropout: float, target_stages) -> list[str]:
+    """Put LoRA adapters, in place, on the adaptable layers of the chosen stages; returns their module names."""
+    from peft import LoraConfig, inject_adapter_in_model  # here: importing peft (and transformers) costs every run ~1 s
+
+    stages = split_stages(backbone, nn.Identity())[:-1]
+    chosen = select_stages([stage.name for stage in stages], target_stages)
+    owners = {name.rpartition(".")[0] for stage in stages if stage.name in chosen for name in stage.param_names}
+    targets = [name for name, module in backbone.named_modules() if name in owners and adaptable(module)]
+    if not targets:
+        raise InvalidValue("target_stages", target_stages, "stages with a linear layer or an ungrouped convolution")
+    pattern = "^(?:" + "|".join(map(re.escape, targets)) + ")$"  # exact names: peft full-matches a string
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern), backbone)
+    return targets
+
+
+class Lora(TransferModule):
+    """Frozen backbone with trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``, input dropout
+    ``dropout``) on the stages ``target_stages`` names, at ``lr_lora`` (times ``lr_decay`` per adapted
+    stage below the top); the new head at ``lr_head``."""
+
+    def __init__(self, backbone: nn.Module, *args, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
+                 target_stages="all", lr_lora: float = 1e-3, **kwargs):
+        if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+            raise InvalidValue("rank", rank, "an integer >= 1")
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0):
+            raise InvalidValue("alpha", alpha, "a number > 0 (the adapters' scale is alpha / rank)")
+        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+            raise InvalidValue("dropout", dropout, "a probability in [0, 1)")
+        target_stages = target_stages if isinstance(target_stages, str) else list(target_stages)
+        targets = inject(backbone, rank, alpha, dropout, target_stages)
+        super().__init__(backbone, *args, **kwargs)
+        self.hparams.update(rank=rank, alpha=alpha, dropout=dropout, target_stages=target_stages, lr_lora=lr_lora)
+        self.adapted_layers = targets
+        self.stages = self._split_adapters(self.stages)
+
+    @staticmethod
+    def _split_adapters(stages: list[Stage]) -> list[Stage]:
+        """Each backbone stage's ``lora_A``/``lora_B`` parameters into a ``<stage>.lora`` stage right after it."""
+        split = []
+        for stage in stages:
+            if stage.name == HEAD:
+                split.append(stage)
+                continue
+            adapter = [i for i, name in enumerate(stage.param_names) if ".lora_" in name]
+            base = [i for i in range(len(stage.params)) if i not in set(adapter)]
+            split.append(Stage(stage.name, [stage.params[i] for i in base], [stage.param_names[i] for i in base],
+                               stage.batchnorms))
+            if adapter:
+                split.append(Stage(stage.name + LORA, [stage.params[i] for i in adapter],
+                                   [stage.param_names[i] for i in adapter]))
+        return split
+
+    @property
+    def adapter_stages(self) -> list[str]:
+        return [stage.name for stage in self.stages if stage.name.endswith(LORA)]
+
+    def start_epochs(self):
+        trained = {HEAD, *self.adapter_stages}
+        return {stage.name: 0 if stage.name in trained else None for stage in self.stages}
+
+    def stage_lrs(self):
+        """Adapters at ``lr_lora * lr_decay^k`` (k-th adapted stage below the top); the base stages never
+        train (their rate is only a placeholder the plan requires)."""
+        rates = {stage.name: self.hparams.lr_backbone for stage in self.stages}
+        for depth, name in enumerate(reversed(self.adapter_stages)):
+            rates[name] = self.hparams.lr_lora * self.hparams.lr_decay**depth
+        rates[HEAD] = self.hparams.lr_head
+        return rates
+
+
+def merge(module: TransferModule) -> nn.Sequential:
+    """A plain copy of ``module``'s network, ``Sequential(backbone=..., head=...)``, with every LoRA
+    adapter folded into its layer's weight (``W + alpha/rank * B A``) and the peft wrappers removed,
+    so it runs without peft and its state dict has the original timm keys. ``module`` is unchanged."""
+    from peft.tuners.lora import LoraLayer
+
+    backbone = copy.deepcopy(module.backbone)
+    for name, layer in list(backbone.named_modules()):
+        if isinstance(layer, LoraLayer):
+            layer.merge(safe_merge=True)
+            parent, _, child = name.rpartition(".")
+            setattr(backbone.get_submodule(parent) if parent else backbone, child, layer.get_base_layer())
+    return nn.Sequential(OrderedDict(backbone=backbone, head=copy.deepcopy(module.head))).eval()

@@ -1,0 +1,108 @@
+"""The l2sp strategy, measured: the penalty is zero at the pretrained weights, its gradient is
+``alpha * (w - w0)`` on the backbone (towards the pretrained weights) and ``beta * w`` on the head,
+the optimizer decays nothing, and the pretrained weights travel in checkpoints so resume is exact."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from conftest import read_json, read_metrics, run_train
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_errors import assert_failed_cleanly
+from test_finetuning import SEED, build, trainer
+
+from tlexp.backbone import create_backbone
+from tlexp.errors import InvalidValue
+from tlexp.strategies import L2SP
+
+ALPHA, BETA = 0.1, 0.01
+
+
+def l2sp(**kwargs) -> L2SP:
+    torch.manual_seed(0)
+    return L2SP(create_backbone("test_efficientnet"), 10, **{"alpha": ALPHA, "beta": BETA, **kwargs})
+
+
+def test_penalty_is_zero_at_the_pretrained_weights():
+    assert l2sp(beta=0.0).penalty().item() == 0.0
+    module = l2sp()
+    head = sum(p.pow(2).sum() for p in module.head.parameters())
+    assert torch.equal(module.penalty(), BETA / 2 * head)  # the backbone term adds exactly 0
+
+
+def test_gradient_points_to_the_pretrained_weights():
+    module = l2sp()
+    pretrained = {n: p.detach().clone() for n, p in module.backbone.named_parameters()}
+    with torch.no_grad():
+        for param in module.backbone.parameters():
+            param.add_(torch.randn_like(param))
+    module.penalty().backward()
+    for name, param in module.backbone.named_parameters():
+        torch.testing.assert_close(param.grad, ALPHA * (param.detach() - pretrained[name]), rtol=1e-6, atol=0)
+    for param in module.head.parameters():
+        torch.testing.assert_close(param.grad, BETA * param.detach(), rtol=1e-6, atol=0)
+    distance = sum((p - pretrained[n]).pow(2).sum() for n, p in module.backbone.named_parameters()).item()
+    with torch.no_grad():  # one plain gradient step moves every backbone weight towards its pretrained value
+        for param in module.backbone.parameters():
+            param.sub_(param.grad)
+    closer = sum((p - pretrained[n]).pow(2).sum() for n, p in module.backbone.named_parameters()).item()
+    assert closer == pytest.approx((1 - ALPHA) ** 2 * distance, rel=1e-5)
+
+
+def test_pretrained_weights_are_buffers_not_parameters():
+    module = l2sp()
+    assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in [*module.backbone.parameters(),
+                                                                                  *module.head.parameters()])
+    anchors = [k for k in module.state_dict() if k.startswith("anchor.")]
+    assert len(anchors) == len(list(module.backbone.parameters()))
+    module.double()  # buffers follow the module (as to a device)
+    assert all(b.dtype == torch.float64 for b in module.anchor.buffers())
+
+
+@pytest.mark.parametrize("optimizer,decay", [(partial(torch.optim.AdamW), 0.01),
+                                             (partial(torch.optim.AdamW, weight_decay=1e-4), 1e-4),
+                                             (partial(torch.optim.SGD, lr=0.1, weight_decay=0.1), 0.1)])
+def test_optimizer_weight_decay_is_refused(optimizer, decay):
+    with pytest.raises(InvalidValue, match=r"accepted: 0.0 \(L2-SP's penalty replaces") as error:
+        l2sp(optimizer=optimizer)
+    assert error.value.name == "optimizer.weight_decay" and error.value.value == decay
+    l2sp(optimizer=partial(torch.optim.SGD, lr=0.1))  # SGD decays nothing by default
+
+
+@pytest.mark.parametrize("key,value", [("alpha", -0.1), ("beta", "x")])
+def test_negative_strength_is_refused(key, value):
+    with pytest.raises(InvalidValue, match=f"{key}=.* accepted: a penalty strength >= 0"):
+        l2sp(**{key: value})
+
+
+def test_weight_decay_config_error_names_the_key(tmp_path, main_inprocess):
+    code, output = main_inprocess(tmp_path / "run", "strategy=l2sp", "strategy.optimizer.weight_decay=0.01")
+    assert_failed_cleanly(code, output, tmp_path / "run", ["strategy.optimizer.weight_decay=0.01 ", "0.0"])
+
+
+def test_resume_restores_the_pretrained_weights_and_matches_an_uninterrupted_run(tmp_path):
+    datamodule, module = build(L2SP, alpha=ALPHA)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer(2, tmp_path / "a", [every_epoch]).fit(module, datamodule=datamodule)
+    uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
+    datamodule, resumed = build(L2SP, alpha=ALPHA, seed=SEED + 1)  # other weights: anchors must come from the checkpoint
+    datamodule.seed = SEED
+    datamodule.train_set = None
+    datamodule.setup()
+    trainer(2, tmp_path / "b").fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    final = resumed.state_dict()
+    assert final.keys() == uninterrupted.keys()
+    assert [k for k in final if not torch.equal(final[k], uninterrupted[k])] == []
+
+
+@pytest.mark.slow
+def test_l2sp_end_to_end(tmp_path):
+    run_train(tmp_path, "strategy=l2sp", "strategy.alpha=0.1")
+    record = read_json(tmp_path / "result.json")
+    assert record["status"] == "completed" and record["strategy"] == "l2sp"
+    assert record["weight_decay"] == 0.0 and record["params_trainable"] == record["params_total"]
+    penalties = [r["train/l2sp_penalty"] for r in read_metrics(tmp_path) if "train/l2sp_penalty" in r]
+    assert len(penalties) == 2 and all(0 < v < math.inf for v in penalties)
