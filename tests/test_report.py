@@ -26,11 +26,11 @@ FIELDS = ["epoch", "step", "train/loss_step", "val/acc", "val/loss", "val/acc_be
 
 def write_job(sweep: Path, name: str, *, strategy: str, fraction: float, seed: int, test_acc: float,
               val_accs: list[float], epoch_s: float = 2.0, frozen_depth: int = 0, params: int = 1000,
-              train_size: int | None = None, status: str = "completed") -> Path:
+              train_size: int | None = None, status: str = "completed", settings: tuple[str, ...] = ()) -> Path:
     """A job directory as train.py leaves it: result.json and Lightning's metrics.csv (rows split like Lightning's)."""
     job = sweep / name
     job.mkdir(parents=True)
-    record = {"status": status, "overrides": [f"strategy={strategy}", f"data.fraction={fraction}", f"seed={seed}"],
+    record = {"status": status, "overrides": [f"strategy={strategy}", f"data.fraction={fraction}", f"seed={seed}", *settings],
               "strategy": strategy, "fraction": fraction, "seed": seed, "lr_head": 1e-3, "lr_backbone": 1e-4,
               "weight_decay": 0.01, "max_epochs": len(val_accs), "group": sweep.name}
     if status != "completed":
@@ -172,6 +172,34 @@ def test_out_dir_and_requested_fraction(sweep, tmp_path):
     generate(sweep, out=out, fraction=1.0)
     assert (out / "report.html").is_file() and (out / "race.png").is_file() and not (sweep / "report.html").exists()
     assert "fraction 1 " in (out / "report.html").read_text() or "fraction 1:" in (out / "report.html").read_text()
+
+
+def test_only_seeds_are_averaged(tmp_path):
+    """A sweep over frozen depth and BN policy: one series per setting, each averaged over its 2 seeds only;
+    where and how a job was logged is no setting."""
+    from tlexp.report.tables import depth_table, few_shot_table, race_curves, series_names
+
+    root = tmp_path / "depths"
+    for depth in (2, 5):
+        for seed in (0, 1):
+            acc = 0.5 + depth / 20 + seed / 100
+            write_job(root, f"d{depth}s{seed}", strategy="partial", fraction=0.1, seed=seed, test_acc=acc, val_accs=[acc],
+                      frozen_depth=depth, settings=(f"strategy.frozen_depth={depth}", f"logger={'csv' if seed else 'wandb'}"))
+    for policy, acc in (("frozen_stats", 0.8), ("batch_stats", 0.6)):
+        for seed in (0, 1):
+            write_job(root, f"{policy}{seed}", strategy="full", fraction=0.1, seed=seed, test_acc=acc, val_accs=[acc],
+                      settings=(f"strategy.bn_trainable={policy}",))
+    jobs = load_jobs(root)
+    assert sorted(set(series_names(jobs).values())) == ["full (bn_trainable=batch_stats)", "full (bn_trainable=frozen_stats)",
+                                                      "partial (frozen_depth=2)", "partial (frozen_depth=5)"]
+    curves = race_curves(jobs, 0.1)
+    assert {name: c["runs"] for name, c in curves.items()} == dict.fromkeys(sorted(curves), 2)
+    assert curves["partial (frozen_depth=5)"]["mean"] == [pytest.approx(0.755)]
+    few_shot = {r["strategy"]: r for r in few_shot_table(jobs).as_dicts()}
+    assert few_shot["full (bn_trainable=batch_stats)"]["test_acc_mean"] == pytest.approx(0.6)
+    assert few_shot["partial (frozen_depth=2)"]["runs"] == 2 and few_shot["partial (frozen_depth=2)"]["test_acc_std"] > 0
+    depths = depth_table(jobs).as_dicts()
+    assert [(r["strategy"], r["frozen_depth"], r["runs"]) for r in depths] == [("partial", 2, 2), ("partial", 5, 2)]
 
 
 def test_describe():

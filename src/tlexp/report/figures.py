@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlexp.report.tables import Table, compares_depths, known_strategies, strategy_order
+from tlexp.report.tables import Table, compares_depths, known_strategies, series_names, strategy_order
 from tlexp.results import Job
 
 
-def _colors(strategies) -> dict[str, str]:
-    """A strategy keeps its colour in every figure and report: its place in the registry picks it."""
-    palette, known = [f"C{i}" for i in range(10)], known_strategies()
-    return {s: palette[(known.index(s) if s in known else len(known) + i) % 10] for i, s in enumerate(strategies)}
+def _colors(names) -> dict[str, str]:
+    """A strategy keeps its colour in every figure and report: its place in the registry picks it. Where
+    some strategy has several series (settings that differ), the series take the colours in turn."""
+    palette, known, names = [f"C{i}" for i in range(10)], known_strategies(), strategy_order(names)
+    if any(" (" in name for name in names):
+        return {name: palette[i % 10] for i, name in enumerate(names)}
+    return {s: palette[(known.index(s) if s in known else len(known) + i) % 10] for i, s in enumerate(names)}
 
 
 def _figure(ncols: int, width: float = 5.5, height: float = 4.0):
@@ -89,10 +92,11 @@ def plot_cost(jobs: list[Job], path: Path) -> Path | None:
     if not done:
         return None
     figure, (by_params, by_time) = _figure(2)
-    strategies = strategy_order(j.record.strategy for j in done)
+    series = series_names(done)
+    strategies = strategy_order(series.values())
     colors = _colors(strategies)
     for strategy in strategies:
-        mine = [j for j in done if j.record.strategy == strategy]
+        mine = [j for j in done if series[j.name] == strategy]
         with_params = [j for j in mine if j.trainable_params is not None]
         with_time = [j for j in mine if j.seconds_per_epoch is not None]
         by_params.scatter([j.trainable_params for j in with_params], [j.test_acc for j in with_params], color=colors[strategy], label=strategy)
@@ -113,10 +117,10 @@ def plot_depth(table: Table, path: Path) -> Path | None:
         return None
     rows = table.as_dicts()
     figure, axes = _figure(3, 4.5, 3.8)
-    for fraction in sorted({r["fraction"] for r in rows}, key=lambda f: (f is None, f)):
-        mine = [r for r in rows if r["fraction"] == fraction]
+    for name, fraction in sorted({(r["strategy"], r["fraction"]) for r in rows}, key=lambda k: (k[0], k[1] is None, k[1])):
+        mine = [r for r in rows if (r["strategy"], r["fraction"]) == (name, fraction)]
         depth = [r["frozen_depth"] for r in mine]
-        label = f"fraction {fraction:g}" if fraction is not None else "fraction ?"
+        label = (f"fraction {fraction:g}" if fraction is not None else "fraction ?") + name.removeprefix("partial")
         axes[0].errorbar(depth, [r["test_acc_mean"] for r in mine], yerr=[r["test_acc_std"] for r in mine], marker="o", capsize=3, label=label)
         axes[1].plot(depth, [r["params_trainable"] for r in mine], marker="o", label=label)
         axes[2].plot(depth, [r["s_per_epoch"] for r in mine], marker="o", label=label)

@@ -27,9 +27,49 @@ def known_strategies() -> list[str]:
 
 
 def strategy_order(names) -> list[str]:
-    """``names`` in the registry's order; names it does not know after them, sorted."""
-    names, known = set(names), known_strategies()
-    return [s for s in known if s in names] + sorted(names - set(known))
+    """Strategy or series names (``partial (frozen_depth=2)``) in the registry's order of their strategy;
+    names it does not know after them, sorted."""
+    known = known_strategies()
+
+    def place(name: str):
+        strategy = name.split(" (")[0]
+        return (known.index(strategy) if strategy in known else len(known), strategy, name)
+
+    return sorted(set(names), key=place)
+
+
+AVERAGED = "seed"  # the only swept setting the report averages over
+AXIS = "data.fraction"  # a setting with an axis (or a slider) of its own
+NOT_SETTINGS = ("hydra.", "paths.", "logger", "wandb.", "experiment", "hparams_search", "ckpt_path", "group",
+                "tags", "trainer.enable_progress_bar")  # where a run is written and logged, not what it measures
+
+
+def _settings(job: Job) -> dict[str, str]:
+    """The job's command-line settings that can change its result, by key."""
+    settings = {}
+    for override in job.record.overrides or []:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in ("strategy", AVERAGED, AXIS) and not key.startswith(NOT_SETTINGS):
+            settings[key] = value
+    return settings
+
+
+def series_names(jobs: list[Job], beside: tuple[str, ...] = ()) -> dict[str, str]:
+    """Per job name, its series: the strategy plus every setting that differs between that strategy's jobs
+    (frozen depth, rates, BN policy, ...), so that only seeds are averaged; ``beside``: settings a table
+    shows in a column of its own."""
+    settings = {job.name: _settings(job) for job in jobs}
+    by_strategy = defaultdict(list)
+    for job in jobs:
+        by_strategy[job.record.strategy].append(job)
+    names = {}
+    for strategy, members in by_strategy.items():
+        keys = sorted({key for job in members for key in settings[job.name]} - set(beside))
+        varying = [key for key in keys if len({settings[job.name].get(key) for job in members}) > 1]
+        for job in members:
+            text = ", ".join(f"{key.removeprefix('strategy.')}={settings[job.name].get(key, 'default')}" for key in varying)
+            names[job.name] = f"{strategy} ({text})" if text else str(strategy)
+    return names
 
 
 def fraction_of(job: Job) -> float | None:
@@ -82,12 +122,12 @@ def unfinished_table(jobs: list[Job]) -> Table:
 
 
 def race_curves(jobs: list[Job], fraction: float | None) -> dict[str, dict]:
-    """Per strategy, per epoch: val/acc (mean, min, max over seeds) and mean elapsed seconds."""
+    """Per series (``series_names``), per epoch: val/acc (mean, min, max over seeds) and mean elapsed seconds."""
     curves = {}
     chosen = [j for j in jobs if j.completed and j.history and fraction_of(j) == fraction]
-    by_strategy = defaultdict(list)
+    series, by_strategy = series_names(chosen), defaultdict(list)
     for job in chosen:
-        by_strategy[job.record.strategy].append(job)
+        by_strategy[series[job.name]].append(job)
     for strategy in strategy_order(by_strategy):
         per_epoch = defaultdict(lambda: {"acc": [], "elapsed": []})
         for job in by_strategy[strategy]:
@@ -112,11 +152,11 @@ def race_table(curves: dict[str, dict]) -> Table:
 
 
 def few_shot_table(jobs: list[Job]) -> Table:
-    """Per strategy and fraction: training-set size and test/acc over seeds."""
-    groups = defaultdict(list)
-    for job in jobs:
-        if job.completed and job.test_acc is not None and fraction_of(job) is not None:
-            groups[(job.record.strategy, fraction_of(job))].append(job)
+    """Per series (``series_names``) and fraction: training-set size and test/acc over seeds."""
+    groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None and fraction_of(j) is not None]
+    series = series_names(done)
+    for job in done:
+        groups[(series[job.name], fraction_of(job))].append(job)
     rows = []
     for strategy in strategy_order(s for s, _ in groups):
         for fraction in sorted(f for s, f in groups if s == strategy):
@@ -129,22 +169,26 @@ def few_shot_table(jobs: list[Job]) -> Table:
 
 
 def gain_table(few_shot: Table) -> Table:
-    """Each strategy's mean test/acc minus scratch's at the same fraction."""
+    """Each series' mean test/acc minus scratch's at the same fraction: the scratch series with the same
+    settings, else the only one."""
     rows = few_shot.as_dicts()
-    scratch = {r["fraction"]: r["test_acc_mean"] for r in rows if r["strategy"] == "scratch"}
+    scratch = {(r["strategy"], r["fraction"]): r["test_acc_mean"] for r in rows if r["strategy"].split(" (")[0] == "scratch"}
+    only = {f: acc for (_, f), acc in scratch.items() if sum(1 for _, g in scratch if g == f) == 1}
     out = []
     for r in rows:
-        if r["strategy"] != "scratch" and r["fraction"] in scratch:
-            out.append([r["strategy"], r["fraction"], r["train_size"], r["test_acc_mean"], scratch[r["fraction"]],
-                        r["test_acc_mean"] - scratch[r["fraction"]]])
+        settings = r["strategy"].partition(" (")[2]
+        reference = scratch.get((f"scratch ({settings}" if settings else "scratch", r["fraction"]), only.get(r["fraction"]))
+        if r["strategy"].split(" (")[0] != "scratch" and reference is not None:
+            out.append([r["strategy"], r["fraction"], r["train_size"], r["test_acc_mean"], reference,
+                        r["test_acc_mean"] - reference])
     return Table(["strategy", "fraction", "train_size", "test_acc_mean", "scratch_test_acc_mean", "gain"], out)
 
 
 def cost_table(jobs: list[Job]) -> Table:
-    groups = defaultdict(list)
-    for job in jobs:
-        if job.completed and job.test_acc is not None:
-            groups[(job.record.strategy, fraction_of(job))].append(job)
+    groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None]
+    series = series_names(done)
+    for job in done:
+        groups[(series[job.name], fraction_of(job))].append(job)
     rows = []
     for strategy in strategy_order(s for s, _ in groups):
         for fraction in sorted((f for s, f in groups if s == strategy), key=lambda f: (f is None, f)):
@@ -156,20 +200,21 @@ def cost_table(jobs: list[Job]) -> Table:
 
 
 def depth_table(jobs: list[Job]) -> Table:
-    """``partial`` jobs per (fraction, frozen depth): test/acc, trainable parameters, seconds per epoch."""
+    """``partial`` jobs per (series, fraction, frozen depth): test/acc, trainable parameters, seconds per epoch."""
     groups = defaultdict(list)
-    for job in jobs:
-        if job.completed and job.record.strategy == "partial" and job.record.frozen_depth is not None:
-            groups[(fraction_of(job), job.record.frozen_depth)].append(job)
+    partial = [j for j in jobs if j.completed and j.record.strategy == "partial" and j.record.frozen_depth is not None]
+    series = series_names(partial, beside=("strategy.frozen_depth",))
+    for job in partial:
+        groups[(series[job.name], fraction_of(job), job.record.frozen_depth)].append(job)
     rows = []
-    for fraction, depth in sorted(groups, key=lambda k: (k[0] is None, k[0], k[1])):
-        members = groups[(fraction, depth)]
+    for name, fraction, depth in sorted(groups, key=lambda k: (k[0], k[1] is None, k[1], k[2])):
+        members = groups[(name, fraction, depth)]
         acc = describe([j.test_acc for j in members])
-        rows.append([fraction, depth, members[0].record.num_stages, acc["n"], acc["mean"], acc["std"],
+        rows.append([name, fraction, depth, members[0].record.num_stages, acc["n"], acc["mean"], acc["std"],
                      describe([j.trainable_params for j in members])["mean"],
                      describe([j.seconds_per_epoch for j in members])["mean"]])
-    return Table(["fraction", "frozen_depth", "num_stages", "runs", "test_acc_mean", "test_acc_std", "params_trainable",
-                  "s_per_epoch"], rows)
+    return Table(["strategy", "fraction", "frozen_depth", "num_stages", "runs", "test_acc_mean", "test_acc_std",
+                  "params_trainable", "s_per_epoch"], rows)
 
 
 def compares_depths(depth: Table) -> bool:
