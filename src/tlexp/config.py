@@ -22,6 +22,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp.acceleration import compile_backends
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
@@ -82,6 +83,9 @@ RULES: dict[str, Rule] = {
     "strategy.target_stages": Rule(TARGET_STAGES, target_stages_form),
     "strategy.reinit_stages": _integer(1),
     "strategy.unfreeze_on": _choice(UNFREEZE_ON),
+    "trainer.channels_last": BOOLEAN,
+    "trainer.compile": Rule(f"true, false or a torch.compile backend: {', '.join(compile_backends())}",
+                            lambda v: isinstance(v, bool) or v in compile_backends()),
     "strategy.patience": _integer(1),
     "strategy.min_delta": Rule("a number >= 0", lambda v: _number(v) and v >= 0),
     "strategy.stop_at_plateau": BOOLEAN,
