@@ -154,3 +154,17 @@ def test_resume_with_a_different_schedule_is_refused(tmp_path):
     datamodule, other = build(Gradual, unfreeze_every=2)
     with pytest.raises(ValueError, match="ckpt_path"):
         trainer(2, tmp_path, []).fit(other, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_resume_from_a_checkpoint_without_a_plan_continues_with_a_warning(tmp_path, caplog):
+    """Checkpoints of an older tlexp hold only the unfrozen stages: a sweep resumed after an upgrade goes on."""
+    datamodule, module = build(Gradual, unfreeze_every=1)
+    trainer(1, tmp_path, [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]).fit(module, datamodule=datamodule)
+    old = tmp_path / "old.ckpt"
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    del state["callbacks"]["FineTuning"]["plan"]
+    torch.save(state, old)
+    datamodule, resumed = build(Gradual, unfreeze_every=1)
+    with caplog.at_level("WARNING", logger="tlexp"):
+        trainer(2, tmp_path / "b", []).fit(resumed, datamodule=datamodule, ckpt_path=old)
+    assert resumed.current_epoch == 2 and "holds no freeze plan" in caplog.text

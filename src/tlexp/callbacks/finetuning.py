@@ -12,11 +12,15 @@ Design (against the failures of BaseFinetuning, Flash and finetuning-scheduler):
 
 from __future__ import annotations
 
+import logging
+
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import ConfigError
 from tlexp.freeze_plan import freeze, set_batchnorm_modes
 from tlexp.schedules import StageLR
+
+log = logging.getLogger("tlexp")
 
 
 class FineTuning(Callback):
@@ -37,7 +41,10 @@ class FineTuning(Callback):
     def on_train_start(self, trainer, pl_module):
         """Also where a mid-epoch resume gets its stages set: Lightning then skips on_train_epoch_start."""
         plan = pl_module.plan.to_dict()
-        if self._restored is not None and self._restored.get("plan") != plan:
+        if self._restored is not None and "plan" not in self._restored:  # written before tlexp saved its plan
+            log.warning("resuming from %s, which holds no freeze plan (an older tlexp): the schedule cannot be "
+                        "compared with this run's; it continues with the current plan", trainer.ckpt_path)
+        elif self._restored is not None and self._restored["plan"] != plan:
             raise ConfigError("ckpt_path", trainer.ckpt_path, "a checkpoint written with the same freeze plan",
                               f"checkpoint plan {self._restored.get('plan')} != current {plan}")
         self.enter_epoch(trainer, pl_module, trainer.current_epoch)
