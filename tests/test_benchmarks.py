@@ -153,3 +153,17 @@ def test_sweep_section_runs_train_with_the_stamps():
     result = sweep.section_sweep(TINY)
     assert len(result["jobs"]) == 4 and result["logger"] == "csv"
     assert all(r["to_first_step_s"] > 0 for r in result["jobs"])
+
+
+def test_pipeline_section_reads_a_generated_folder_with_each_worker_count():
+    from tlexp.benchmarks.pipeline import section_pipeline
+
+    settings = replace(TINY, pipeline_images=60, pipeline_source_size=16, large_folder=40)
+    result = section_pipeline(settings)
+    train_images = 60 - 10  # 10 held out for validation (one per class)
+    for run in (*result["workers"].values(), result["in_memory"]):
+        assert positive(run["images_per_s"]) and 0 < run["images"] < train_images
+    assert sorted(result["workers"]) == [0, 2, 4]
+    assert result["large_folder"]["after"]["process_mb"] > 0
+    text = report._pipeline({"pipeline": result}, settings)
+    assert text[0].startswith("### 5. Input pipeline") and sum("workers |" in line for line in text) == 3

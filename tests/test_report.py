@@ -26,13 +26,13 @@ FIELDS = ["epoch", "step", "train/loss_step", "val/acc", "val/loss", "val/acc_be
 
 def write_job(sweep: Path, name: str, *, strategy: str, fraction: float, seed: int, test_acc: float,
               val_accs: list[float], epoch_s: float = 2.0, frozen_depth: int = 0, params: int = 1000,
-              train_size: int | None = None, status: str = "completed", settings: tuple[str, ...] = ()) -> Path:
+              train_size: int | None = None, status: str = "completed", settings: tuple[str, ...] = (), dataset: str | None = None) -> Path:
     """A job directory as train.py leaves it: result.json and Lightning's metrics.csv (rows split like Lightning's)."""
     job = sweep / name
     job.mkdir(parents=True)
     record = {"status": status, "overrides": [f"strategy={strategy}", f"data.fraction={fraction}", f"seed={seed}", *settings],
               "strategy": strategy, "fraction": fraction, "seed": seed, "lr_head": 1e-3, "lr_backbone": 1e-4,
-              "weight_decay": 0.01, "max_epochs": len(val_accs), "group": sweep.name}
+              "weight_decay": 0.01, "max_epochs": len(val_accs), "group": sweep.name, "dataset": dataset}
     if status != "completed":
         record["error"] = "config error: data.fraction=2 is not accepted"
     else:
@@ -200,6 +200,21 @@ def test_only_seeds_are_averaged(tmp_path):
     assert few_shot["partial (frozen_depth=2)"]["runs"] == 2 and few_shot["partial (frozen_depth=2)"]["test_acc_std"] > 0
     depths = depth_table(jobs).as_dicts()
     assert [(r["strategy"], r["frozen_depth"], r["runs"]) for r in depths] == [("partial", 2, 2), ("partial", 5, 2)]
+
+
+def test_dataset_table_names_the_best_strategy_and_its_gain_per_dataset(tmp_path):
+    from tlexp.report.tables import dataset_table
+
+    root = tmp_path / "many"
+    results = {("CIFAR10", "scratch"): (0.40, 0.42), ("CIFAR10", "full"): (0.80, 0.82), ("CIFAR10", "frozen"): (0.70, 0.90),
+               ("EuroSAT", "scratch"): (0.90, 0.92), ("EuroSAT", "frozen"): (0.85, 0.87)}
+    for (dataset, strategy), accs in results.items():
+        for seed, acc in enumerate(accs):
+            write_job(root, f"{dataset}{strategy}{seed}", strategy=strategy, fraction=0.1, seed=seed, test_acc=acc,
+                      val_accs=[acc], dataset=dataset, settings=(f"data.name={dataset}",))
+    rows = dataset_table(load_jobs(root)).as_dicts()
+    assert [(r["dataset"], r["best_strategy"], r["runs"]) for r in rows] == [("CIFAR10", "full", 2), ("EuroSAT", "frozen", 2)]
+    assert rows[0]["gain"] == pytest.approx(0.81 - 0.41) and rows[1]["gain"] == pytest.approx(0.86 - 0.91)
 
 
 def test_describe():

@@ -59,6 +59,7 @@ class RunRecord:
     strategy: str | None = None  # the strategy's class name in lower case: scratch, frozen, partial, ...
     model: str | None = None  # timm model name (model.name)
     data: str | None = None  # the data module's class name in lower case, e.g. fashionmnist
+    dataset: str | None = None  # which dataset: data.name (torchvision), data.path (hf), the folder's name, else `data`
     fraction: float | None = None  # data.fraction: share of the training pool used, in (0, 1]
     seed: int | None = None  # the global seed
     lr_head: float | None = None  # the head's base learning rate

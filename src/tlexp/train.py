@@ -33,6 +33,13 @@ def target_name(node: DictConfig) -> str:
     return node._target_.rsplit(".", 1)[-1].lower()
 
 
+def dataset_name(data: DictConfig) -> str:
+    """The dataset, not only its source: ``data.name`` (torchvision), ``data.path`` (hf), the folder's name
+    (image folder, Fashion-MNIST), else the source (digits, synthetic)."""
+    named = data.get("name") or data.get("path") or (Path(str(data.root)).name if data.get("root") else None)
+    return str(named or target_name(data))
+
+
 def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
     """(run name from the overrides, W&B group, whether this job is part of a multirun)."""
     if not HydraConfig.initialized():
@@ -144,7 +151,7 @@ def main(cfg: DictConfig) -> float | None:
         log.info("resuming the interrupted job from %s", ckpt_path)
     record = RunRecord(
         status=Status.RUNNING, overrides=overrides,
-        strategy=target_name(cfg.strategy), model=cfg.model.name, data=target_name(cfg.data),
+        strategy=target_name(cfg.strategy), model=cfg.model.name, data=target_name(cfg.data), dataset=dataset_name(cfg.data),
         fraction=cfg.data.get("fraction"), seed=cfg.seed,
         lr_head=cfg.strategy.get("lr_head"), lr_backbone=cfg.strategy.get("lr_backbone"),
         lr_decay=cfg.strategy.get("lr_decay"), max_epochs=cfg.trainer.get("max_epochs"),

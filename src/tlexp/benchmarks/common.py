@@ -37,13 +37,17 @@ class Settings:
     val_size: int = 64
     probe_steps: int = 6
     sweep_logger: str = "wandb"
-    sections: str = "throughput,cache,gradual,sweep"
+    sections: str = "throughput,cache,gradual,sweep,pipeline"
     json: str | None = None
     model: str = MODEL
     tiny_model: str = "test_efficientnet"
     """The model so small that the fixed per-step cost dominates (section 1)."""
     tiny_steps: int = 60
     tiny_warmup: int = 10
+    pipeline_images: int = 2000
+    pipeline_source_size: int = 96
+    large_folder: int = 0
+    """Images of the generated folder whose peak memory section 5 measures (0: not measured; 100000 in docs)."""
 
     @property
     def accelerator(self) -> str:

@@ -30,7 +30,7 @@ def markdown(results: dict, settings: Settings) -> str:
              + (f" ({m['gpu']})" if "gpu" in m else "") + f"; torch {m['torch']}, lightning {m['lightning']}, "
              f"timm {m['timm']}, Python {m['python']}; load average at start {m['load_average'][0]:.1f}.",
              f"Data: {settings.data}, {settings.image_size} px, batch {settings.batch_size}. Total benchmark time {results['seconds']:.0f} s.", ""]
-    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep)):
+    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep), ("pipeline", _pipeline)):
         if section in results:
             lines += write(results, settings)
     return "\n".join(lines)
@@ -90,3 +90,17 @@ def _sweep(results: dict, settings: Settings) -> list[str]:
               f"{r['train_start_to_first_step_s']:.2f} |" for r in s["jobs"]]
     return lines + ["", f"Process start -> first job start {s['process_start_to_first_job_s']:.2f} s (interpreter, imports, Hydra); "
                     f"-> first training step {s['process_start_to_first_step_s']:.2f} s; the whole 4-job sweep {s['total_s']:.1f} s.", ""]
+
+
+def _pipeline(results: dict, settings: Settings) -> list[str]:
+    p = results["pipeline"]
+    lines = [f"### 5. Input pipeline ({p['images']} JPEGs of {p['source_px']} px -> {settings.image_size} px, batch {settings.batch_size}; "
+             "loader and normalisation only)", "", "| pipeline | training images/s |", "|---|---:|"]
+    lines += [f"| image folder, {workers} workers | {w['images_per_s']:.0f} |" for workers, w in p["workers"].items()]
+    lines += [f"| in memory (tensors) | {p['in_memory']['images_per_s']:.0f} |", ""]
+    if "large_folder" in p:
+        large = p["large_folder"]
+        lines += [f"A generated folder of {large['images']} images, one epoch with 4 workers: peak memory "
+                  f"{large['after']['process_mb']:.0f} MB in the main process (before: {large['before']['process_mb']:.0f} MB), "
+                  f"{large['after']['largest_worker_mb']:.0f} MB in the largest worker.", ""]
+    return lines

@@ -184,6 +184,31 @@ def gain_table(few_shot: Table) -> Table:
     return Table(["strategy", "fraction", "train_size", "test_acc_mean", "scratch_test_acc_mean", "gain"], out)
 
 
+def dataset_of(job: Job) -> str:
+    return job.record.dataset or job.record.data or "?"
+
+
+def dataset_table(jobs: list[Job]) -> Table:
+    """Per dataset and fraction: the best series (mean test/acc over seeds), scratch's, and the transfer gain.
+    Series are named within each dataset, so the dataset itself does not split them."""
+    done = [j for j in jobs if j.completed and j.test_acc is not None and fraction_of(j) is not None]
+    rows = []
+    for dataset in sorted({dataset_of(j) for j in done}):
+        few_shot = few_shot_table([j for j in done if dataset_of(j) == dataset]).as_dicts()
+        for fraction in sorted({r["fraction"] for r in few_shot}):
+            here = [r for r in few_shot if r["fraction"] == fraction]
+            transfer = [r for r in here if r["strategy"].split(" (")[0] != "scratch"]
+            scratch = [r["test_acc_mean"] for r in here if r["strategy"].split(" (")[0] == "scratch"]
+            if not transfer:
+                continue
+            best = max(transfer, key=lambda r: r["test_acc_mean"])
+            baseline = max(scratch) if scratch else None
+            rows.append([dataset, fraction, best["train_size"], best["strategy"], best["runs"], best["test_acc_mean"],
+                         baseline, None if baseline is None else best["test_acc_mean"] - baseline])
+    return Table(["dataset", "fraction", "train_size", "best_strategy", "runs", "test_acc_mean", "scratch_test_acc_mean",
+                  "gain"], rows)
+
+
 def cost_table(jobs: list[Job]) -> Table:
     groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None]
     series = series_names(done)
