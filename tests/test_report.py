@@ -217,6 +217,22 @@ def test_dataset_table_names_the_best_strategy_and_its_gain_per_dataset(tmp_path
     assert rows[0]["gain"] == pytest.approx(0.81 - 0.41) and rows[1]["gain"] == pytest.approx(0.86 - 0.91)
 
 
+def test_movement_table_averages_seeds_per_stage(tmp_path):
+    from tlexp.report.tables import movement_table
+
+    root = tmp_path / "moved"
+    for seed in (0, 1):
+        job = write_job(root, f"full{seed}", strategy="full", fraction=0.1, seed=seed, test_acc=0.8, val_accs=[0.8])
+        record = json.loads((job / "result.json").read_text())
+        record["stages"] = ["stem", "blocks.0", "head"]
+        record["metrics"] = {"movement/stem/weight_distance": 0.01 * (seed + 1), "movement/stem/cka": 0.99,
+                             "movement/blocks.0/weight_distance": 0.1, "movement/blocks.0/cka": 0.5 + 0.1 * seed}
+        (job / "result.json").write_text(json.dumps(record))
+    rows = movement_table(load_jobs(root)).as_dicts()
+    assert [(r["stage"], r["runs"]) for r in rows] == [("stem", 2), ("blocks.0", 2)]
+    assert rows[0]["weight_distance"] == pytest.approx(0.015) and rows[1]["cka"] == pytest.approx(0.55)
+
+
 def test_describe():
     assert describe([1.0, None, 3.0]) == {"n": 2, "mean": 2.0, "std": pytest.approx(2 ** 0.5), "min": 1.0, "max": 3.0}
     assert describe([])["mean"] is None

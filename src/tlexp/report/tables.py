@@ -209,6 +209,25 @@ def dataset_table(jobs: list[Job]) -> Table:
                   "gain"], rows)
 
 
+def movement_table(jobs: list[Job]) -> Table:
+    """Per series, fraction and backbone stage: the final weight distance from the start and the CKA of the
+    stage's outputs then and now (``LayerMovement``), mean over seeds; stages in network order."""
+    done = [j for j in jobs if j.completed and any(k.startswith("movement/") for k in (j.record.metrics or {}))]
+    series, groups = series_names(done), defaultdict(list)
+    for job in done:
+        groups[(series[job.name], fraction_of(job))].append(job)
+    rows = []
+    for name in strategy_order(s for s, _ in groups):
+        for fraction in sorted((f for s, f in groups if s == name), key=lambda f: (f is None, f)):
+            members = groups[(name, fraction)]
+            stages = [s for s in members[0].record.stages or [] if f"movement/{s}/weight_distance" in members[0].record.metrics]
+            for stage in stages:
+                distance = describe([j.record.metrics.get(f"movement/{stage}/weight_distance") for j in members])
+                cka = describe([j.record.metrics.get(f"movement/{stage}/cka") for j in members])
+                rows.append([name, fraction, stage, distance["n"], distance["mean"], cka["mean"]])
+    return Table(["strategy", "fraction", "stage", "runs", "weight_distance", "cka"], rows)
+
+
 def cost_table(jobs: list[Job]) -> Table:
     groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None]
     series = series_names(done)

@@ -1,0 +1,122 @@
+"""Which layers moved (Yosinski et al.'s question, answered per run): after every validation, per backbone
+stage, the relative distance of its weights from the ones the run started from, and the linear CKA
+(Kornblith et al., 2019) between the stage's outputs then and now on a fixed batch of validation images.
+
+Logged as ``movement/<stage>/weight_distance`` and ``movement/<stage>/cka`` (metrics.csv, W&B, and the
+final values in ``result.json``'s ``metrics``). A stage that never trains stays at 0 and 1; a run on
+cached features (``frozen``'s feature cache) has no images to compare and logs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from tlexp.stages import HEAD
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two (examples x features) matrices, from their centred Gram matrices (cheap for wide features)."""
+    def centred_gram(m: torch.Tensor) -> torch.Tensor:
+        m = m.flatten(1).double()
+        gram = m @ m.T
+        mean_rows = gram.mean(0, keepdim=True)
+        return gram - mean_rows - mean_rows.T + gram.mean()
+
+    k, l = centred_gram(x), centred_gram(y)
+    return float((k * l).sum() / (k.norm() * l.norm()).clamp_min(1e-12))
+
+
+def relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> float:
+    """||w - w_start|| / ||w_start|| over all of a stage's parameters."""
+    moved = sum(float((a.detach().cpu().double() - b.double()).pow(2).sum()) for a, b in zip(now, start))
+    size = sum(float(b.double().pow(2).sum()) for b in start)
+    return (moved / max(size, 1e-24)) ** 0.5
+
+
+def stage_outputs_modules(backbone: nn.Module, param_names: list[str]) -> list[nn.Module]:
+    """The modules whose output is the stage's: the common parent of its parameters when there is one
+    (``blocks.3``), else that parent's children which own them (``conv_stem``, ``bn1``), in order."""
+    owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in param_names]
+    parts = [owner.split(".") for owner in owners]
+    common = []
+    for column in zip(*parts):
+        if len(set(column)) > 1:
+            break
+        common.append(column[0])
+    prefix = ".".join(common)
+    if prefix and all(owner == prefix or owner.startswith(prefix + ".") for owner in owners):
+        mine = set(param_names)
+        while "." in prefix:  # up to the largest module holding this stage's parameters only (blocks.2, not blocks.2.0)
+            parent = prefix.rsplit(".", 1)[0]
+            if not {f"{parent}.{name}" for name, _ in backbone.get_submodule(parent).named_parameters()} <= mine:
+                break
+            prefix = parent
+        return [backbone.get_submodule(prefix)]
+    depth = len(common) + 1
+    children = dict.fromkeys(".".join(p[:depth]) for p in parts if len(p) >= depth)
+    return [backbone.get_submodule(name) for name in children]
+
+
+class LayerMovement(Callback):
+    """See the module docstring. ``batch_size``: validation images in the fixed batch."""
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+        self.start: dict[str, list[torch.Tensor]] = {}
+        self.features: dict[str, torch.Tensor] = {}
+        self.images: torch.Tensor | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        """Before a resume restores the weights: the start is the built model (the pretrained weights)."""
+        if stage != "fit" or self.start:
+            return
+        datamodule = trainer.datamodule
+        val_set = getattr(datamodule, "val_set", None)
+        if val_set is None or not hasattr(datamodule, "normalize"):
+            return
+        count = min(self.batch_size, len(val_set))
+        images = torch.stack([torch.as_tensor(val_set[i][0]) for i in range(count)])
+        if images.dtype != torch.uint8:  # cached features, not images: nothing to compare
+            return
+        self.images = images
+        self.start = {s.name: [p.detach().cpu().clone() for p in s.params] for s in pl_module.stages if s.name != HEAD}
+        self.features = self._stage_features(pl_module)
+
+    def _stage_features(self, pl_module) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = []
+        for stage in pl_module.stages:
+            if stage.name == HEAD:
+                continue
+            try:
+                modules = stage_outputs_modules(pl_module.backbone, stage.param_names)
+            except AttributeError:  # parameters that are not the backbone's own (none in timm models)
+                continue
+            for module in modules:
+                def keep(_, __, output, name=stage.name):
+                    outputs[name] = (output[0] if isinstance(output, (tuple, list)) else output).detach().float().cpu()
+                hooks.append(module.register_forward_hook(keep))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                pl_module.backbone(pl_module.trainer.datamodule.normalize(self.images.to(pl_module.device)))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            pl_module.train(was_training)
+        return outputs
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not self.start or trainer.sanity_checking:
+            return
+        now = self._stage_features(pl_module)
+        values = {}
+        for stage in pl_module.stages:
+            if stage.name in self.start:
+                values[f"movement/{stage.name}/weight_distance"] = relative_distance(stage.params, self.start[stage.name])
+                if stage.name in now and stage.name in self.features:
+                    values[f"movement/{stage.name}/cka"] = linear_cka(self.features[stage.name], now[stage.name])
+        pl_module.log_dict(values, on_step=False, on_epoch=True)
