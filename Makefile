@@ -21,9 +21,11 @@ TORCH_FALLBACK := torch torchvision
 endif
 BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+CHROMIUM := /usr/bin/chromium
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q
 export WANDB_SILENT ?= true
 
-.PHONY: help python setup data train test test-fast clean
+.PHONY: help python setup data browser train test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,18 +46,21 @@ setup: $(VENV)/.installed ## create .venv and install tlexp with its dev tools
 
 data: ## install the default dataset (Debian package dataset-fashion-mnist) where apt is available
 	@if [ -d $(FASHION_MNIST) ]; then echo "Fashion-MNIST: $(FASHION_MNIST)"; \
-	elif command -v apt-get >/dev/null; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null; then $(APT_INSTALL) dataset-fashion-mnist; \
 	else echo "no apt-get: tlexp will download Fashion-MNIST into data/ when online"; fi
+
+browser: ## install headless Chromium (Debian package chromium) for the report page's browser tests, where apt is available
+	@if [ -x $(CHROMIUM) ]; then echo "Chromium: $(CHROMIUM)"; \
+	elif command -v apt-get >/dev/null; then $(APT_INSTALL) chromium; \
+	else echo "no apt-get: the report page's browser tests skip (no $(CHROMIUM))"; fi
 
 train: setup data ## set up, then run the default experiment (python train.py)
 	$(BIN)/python train.py
 
-test: setup data ## set up, then run the whole test suite (CPU, about 15 min on 2 cores)
+test: setup data browser ## set up, then run the whole test suite (CPU, about 15 min on 2 cores)
 	$(BIN)/pytest -q
 
-test-fast: setup ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)
+test-fast: setup browser ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
 
 clean: ## remove run outputs (logs/, wandb/), keep .venv and data

@@ -166,6 +166,7 @@ def test_wandb_runs_share_the_sweep_group(sweep):
     summary = wandb_summary(summary_runs[-1])["summary"]
     assert summary["jobs/skipped"] == 4 and summary["jobs/failed"] == 2
     assert "jobs" in summary and any(key.startswith("report/") for key in summary)  # the table and the figures
+    assert {"charts/race", "charts/few_shot", "tables/few_shot"} <= set(summary)  # the report's views as W&B panels
     assert all(r["group"] == group for r in records.values())
 
 

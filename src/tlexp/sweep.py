@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from tlexp.errors import InvalidValue
 from tlexp.loggers import resolve_wandb_mode
+from tlexp.report.wandb_charts import charts
 from tlexp.report import generate, report_figures
 from tlexp.results import SUMMARY_FILE, Job, Status, load_jobs
 
@@ -97,7 +98,8 @@ def jobs_as_table(jobs: list[Job]):
 
 def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: list[Job], summary: dict,
                     figures: list[Path]) -> str | None:
-    """One W&B run (job_type=summary) in the sweep's group: the jobs table and the report's figures.
+    """One W&B run (job_type=summary) in the sweep's group: the jobs table, the report's figures and its
+    views as custom charts (``tlexp.report.wandb_charts``).
     Offline without credentials or a server that answers (tlexp.loggers.resolve_wandb_mode); never prompts."""
     import wandb
 
@@ -110,7 +112,7 @@ def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: l
                      config={"sweep_dir": str(sweep_dir), "group": group},
                      settings=wandb.Settings(init_timeout=60, silent=True))
     try:
-        payload = {"jobs": jobs_as_table(jobs)}
+        payload = {"jobs": jobs_as_table(jobs), **charts(jobs)}
         payload.update({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         run.log(payload)
         run.summary.update({f"jobs/{key}": value for key, value in summary["counts"].items()})

@@ -1,5 +1,6 @@
-"""The report page: ``report.html`` (tables beside their figures, figures embedded as base64 so it
-opens offline), the PNG figures and ``report.json`` (the same tables, for scripts)."""
+"""The report page: ``report.html`` (the interactive race of ``dashboard`` on top, then tables beside
+their figures, figures embedded as base64 so it opens offline), the PNG figures and ``report.json``
+(the same tables, for scripts)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlexp.report.dashboard import dashboard_html
 from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_race
 from tlexp.report.tables import (Table, choose_fraction, compares_depths, cost_table, depth_table, few_shot_table,
                                  gain_table, jobs_table, race_curves, race_table, unfinished_table)
@@ -125,6 +127,7 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
         parts.append("<p>Last sweep invocation: " + ", ".join(f"{k} {v}" for k, v in summary.get("counts", {}).items()) + "</p>")
     if not jobs:
         parts.append("<p class='empty'>No job directories (result.json or .hydra/) found.</p>")
+    parts.append("<h2 id='dashboard'>Interactive race</h2>" + dashboard_html(jobs, fraction))
     for section in sections:
         parts.append(f"<h2 id='{section.key}'>{section.title}</h2><p>{section.text}</p>")
         if section.empty:
