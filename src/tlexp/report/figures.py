@@ -132,3 +132,26 @@ def plot_depth(table: Table, path: Path) -> Path | None:
     axes[1].set_yscale("log")
     figure.suptitle("partial fine-tuning: how deep to freeze")
     return _save(figure, path)
+
+
+def plot_movement(table: Table, path: Path) -> Path | None:
+    """Per backbone stage (input to head): CKA of its outputs start vs end, and its weights' relative distance."""
+    rows = table.as_dicts()
+    if not rows:
+        return None
+    figure, (by_cka, by_distance) = _figure(2, 6.0, 4.0)
+    keys = list(dict.fromkeys((r["strategy"], r["fraction"]) for r in rows))
+    colors = _colors(dict.fromkeys(name for name, _ in keys))
+    for name, fraction in keys:
+        mine = [r for r in rows if (r["strategy"], r["fraction"]) == (name, fraction)]
+        label = name + (f" @ {fraction:g}" if fraction is not None and len({f for _, f in keys}) > 1 else "")
+        stages = [r["stage"] for r in mine]
+        by_cka.plot(stages, [r["cka"] for r in mine], marker="o", color=colors[name], label=label)
+        by_distance.plot(stages, [r["weight_distance"] for r in mine], marker="o", color=colors[name], label=label)
+    by_cka.set(ylabel="linear CKA, start vs end (1 = unchanged)", title="which layers moved: representations")
+    by_distance.set(ylabel="||w - w_start|| / ||w_start||", title="which layers moved: weights")
+    for ax in (by_cka, by_distance):
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(figure, path)

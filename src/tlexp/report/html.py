@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlexp.report.dashboard import dashboard_html
-from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_race
-from tlexp.report.tables import (Table, choose_fraction, compares_depths, cost_table, depth_table, few_shot_table,
-                                 gain_table, jobs_table, race_curves, race_table, unfinished_table)
+from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race
+from tlexp.report.tables import (Table, choose_fraction, compares_depths, cost_table, dataset_table, depth_table,
+                                 few_shot_table, gain_table, jobs_table, movement_table, race_curves, race_table,
+                                 unfinished_table)
 from tlexp.results import SUMMARY_FILE, Job, load_jobs
 
 REPORT_JSON = "report.json"
@@ -80,6 +81,8 @@ def build_sections(jobs: list[Job], out: Path, fraction: float | None, figures: 
     cost = cost_table(jobs)
     depth = depth_table(jobs)
     depths = compares_depths(depth)
+    movement = movement_table(jobs)
+    datasets = dataset_table(jobs)
 
     def figure(plot, *args, name):
         return plot(*args, out / name) if figures else None
@@ -101,6 +104,14 @@ def build_sections(jobs: list[Job], out: Path, fraction: float | None, figures: 
         Section("frozen_depth", "5. Frozen depth", "Jobs of strategy partial per number of frozen backbone stages.",
                 depth, figure(plot_depth, depth, name="frozen_depth.png") if depths else None,
                 "" if depths else "Fewer than two frozen depths among the partial jobs (run experiment=frozen_depth_sweep)."),
+        Section("movement", "6. Which layers moved", "Per backbone stage at the end of training, mean over seeds: the "
+                "linear CKA between the stage's outputs at the start (the pretrained weights) and at the end on a fixed "
+                "batch of validation images, and the weights' relative distance from the start.", movement,
+                figure(plot_movement, movement, name="layer_movement.png") if movement.rows else None,
+                "" if movement.rows else "No completed job logged movement/* (runs on cached features log none)."),
+        Section("datasets", "7. Datasets", "Per dataset and fraction: the best series by mean test accuracy, scratch's, "
+                "and the transfer gain (experiment=many_datasets compares datasets).", datasets, None,
+                "" if datasets.rows else "No completed job with a test accuracy."),
     ]
 
 
