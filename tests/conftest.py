@@ -170,18 +170,20 @@ def teacher_run(tmp_path_factory):
 def strategy_sweep(tmp_path_factory):
     """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
     tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step; then ``distill``,
-    whose teacher is that sweep's ``full`` run.
+    whose teacher is that sweep's ``full`` run, and ``dann`` with ``data.target_domain=invert``.
 
     Returns (CompletedProcess of the sweep, or of distill where the sweep passed, {strategy: run dir}).
     """
     sweep_dir = tmp_path_factory.mktemp("strategy_sweep")
     common = (f"data.fraction={SWEEP_FRACTION}", "trainer.log_every_n_steps=1")
-    swept = [name for name in STRATEGIES if name != "distill"]
+    alone = {"distill": None, "dann": "data.target_domain=invert"}  # need a teacher run, a target domain
+    swept = [name for name in STRATEGIES if name not in alone]
     result = run_train(sweep_dir, f"strategy={','.join(swept)}", *common, "hydra.sweep.subdir=${hydra.job.num}",
                        multirun=True, check=False)
     runs = {read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")}
-    if result.returncode == 0 and "full" in runs:
-        result = run_train(sweep_dir / "distill", "strategy=distill", f"strategy.teacher={runs['full']}", *common,
-                           check=False)
-        runs.update({read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("distill/result.json")})
+    alone["distill"] = f"strategy.teacher={runs['full']}" if "full" in runs else "strategy.teacher=none"
+    for name, setting in alone.items():
+        if result.returncode == 0:
+            result = run_train(sweep_dir / name, f"strategy={name}", setting, *common, check=False)
+    runs.update({read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")})
     return result, runs

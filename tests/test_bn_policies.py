@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from test_finetuning import SEED, build, trainer
+from tlexp.data import Synthetic
 from tlexp.errors import InvalidValue
 from tlexp.strategies import STRATEGIES, Gradual
 
@@ -30,8 +31,13 @@ def changed(before, after):
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_frozen_stats_never_move_in_any_strategy(tmp_path, name, request):
-    kwargs = {"gradual": {"unfreeze_every": 1}, "distill": {"teacher": str(request.getfixturevalue("teacher_run"))}}
+    kwargs = {"gradual": {"unfreeze_every": 1}, "dann": {"target_domain": "invert"}}
+    if name == "distill":
+        kwargs["distill"] = {"teacher": str(request.getfixturevalue("teacher_run"))}
     datamodule, module = build(STRATEGIES[name], bn_trainable="frozen_stats", **kwargs.get(name, {}))
+    data = {"pseudo_label": {"fraction": 0.25, "unlabeled": "rest"}, "dann": {"target_domain": "invert"}}  # unlabeled images
+    if name in data:
+        datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED, **data[name]).prepare_for(module.backbone)
     buffers, affine = bn_buffers(module), bn_affine(module)
     assert buffers
     trainer(3, tmp_path).fit(module, datamodule=datamodule)  # gradual: head, then blocks.4, then blocks.3

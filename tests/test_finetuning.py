@@ -124,6 +124,23 @@ def test_gradual_milestones(tmp_path):
     assert probe.epochs[2]["trainable"] == {"head", "blocks.4", "blocks.2"}
 
 
+def resume_differences(tmp_path, strategy_cls, epochs: int = 2, **kwargs) -> list[str]:
+    """Train ``epochs`` with a checkpoint per epoch; resume a differently initialised module from the first
+    one; the state-dict keys whose tensors then differ from the uninterrupted run's (empty: an exact resume)."""
+    datamodule, module = build(strategy_cls, **kwargs)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer(epochs, tmp_path / "a", [every_epoch]).fit(module, datamodule=datamodule)
+    uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
+    datamodule, resumed = build(strategy_cls, seed=SEED + 1, **kwargs)  # other init: all must come from the checkpoint
+    datamodule.seed = SEED
+    datamodule.train_set = None
+    datamodule.setup()
+    trainer(epochs, tmp_path / "b").fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    final = resumed.state_dict()
+    assert final.keys() == uninterrupted.keys()
+    return [k for k in final if not torch.equal(final[k], uninterrupted[k])]
+
+
 def test_resume_after_unfreeze_milestone_matches_uninterrupted_run(tmp_path):
     epochs = 4
     datamodule, module = build(Gradual, unfreeze_every=1)

@@ -26,6 +26,8 @@ OWN = {
     "lora": {"strategy.lr_lora", "strategy.rank", DECAY},
     "distill": {"strategy.lr_backbone", "strategy.alpha", "strategy.temperature", DECAY},
     "lwf": {"strategy.lr_backbone", "strategy.lambda_old", "strategy.temperature", DECAY},
+    "pseudo_label": {"strategy.lr_backbone", "strategy.threshold", DECAY},
+    "dann": {"strategy.lr_backbone", "strategy.domain_weight", DECAY},
 }
 
 

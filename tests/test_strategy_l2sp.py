@@ -10,9 +10,8 @@ from functools import partial
 import pytest
 import torch
 from conftest import read_json, read_metrics, run_train
-from lightning.pytorch.callbacks import ModelCheckpoint
 from test_errors import assert_failed_cleanly
-from test_finetuning import SEED, build, trainer
+from test_finetuning import resume_differences
 
 from tlexp.backbone import create_backbone
 from tlexp.errors import InvalidValue
@@ -84,18 +83,7 @@ def test_weight_decay_config_error_names_the_key(tmp_path, main_inprocess):
 
 
 def test_resume_restores_the_pretrained_weights_and_matches_an_uninterrupted_run(tmp_path):
-    datamodule, module = build(L2SP, alpha=ALPHA)
-    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1, filename="{epoch}")
-    trainer(2, tmp_path / "a", [every_epoch]).fit(module, datamodule=datamodule)
-    uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
-    datamodule, resumed = build(L2SP, alpha=ALPHA, seed=SEED + 1)  # other weights: anchors must come from the checkpoint
-    datamodule.seed = SEED
-    datamodule.train_set = None
-    datamodule.setup()
-    trainer(2, tmp_path / "b").fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
-    final = resumed.state_dict()
-    assert final.keys() == uninterrupted.keys()
-    assert [k for k in final if not torch.equal(final[k], uninterrupted[k])] == []
+    assert resume_differences(tmp_path, L2SP, alpha=ALPHA) == []  # the anchors / adapters come from the checkpoint
 
 
 @pytest.mark.slow

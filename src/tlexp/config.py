@@ -23,6 +23,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tlexp.acceleration import compile_backends
+from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
@@ -82,6 +83,14 @@ RULES: dict[str, Rule] = {
     "strategy.lr_lora": POSITIVE_RATE,
     "strategy.target_stages": Rule(TARGET_STAGES, target_stages_form),
     "strategy.reinit_stages": _integer(1),
+    "strategy.rounds": _integer(1),
+    "strategy.threshold": Rule("a softmax probability in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
+    "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
+                           lambda v: v in (None, "none", "rest")),
+    "data.unlabeled_limit": Rule("null (all) or an integer >= 1", lambda v: v is None or _integer(1).test(v)),
+    "data.target_domain": Rule(f"null or a shift: {', '.join(SHIFTS)}", lambda v: v is None or v in SHIFTS),
+    "strategy.domain_weight": Rule("a weight >= 0", lambda v: _number(v) and v >= 0),
+    "strategy.domain_hidden": _integer(1),
     "strategy.unfreeze_on": _choice(UNFREEZE_ON),
     "trainer.channels_last": BOOLEAN,
     "trainer.compile": Rule(f"true, false or a torch.compile backend: {', '.join(compile_backends())}",

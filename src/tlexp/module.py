@@ -65,6 +65,7 @@ class TransferModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.target_test_acc = MulticlassAccuracy(num_classes, average="micro")  # data.target_domain's test split
         self.val_acc_best = MaxMetric()
 
     # --- what a strategy decides -------------------------------------------------------
@@ -100,16 +101,17 @@ class TransferModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
-    def _step(self, batch, accuracy: MulticlassAccuracy, split: str) -> torch.Tensor:
+    def _step(self, batch, accuracy: MulticlassAccuracy, split: str, prefix: str = "") -> torch.Tensor:
         images, labels = batch
         logits = self(images)
         loss = self.training_loss(images, logits, labels) if split == "train" else self.criterion(logits, labels)
         accuracy.update(logits, labels)  # only the epoch value is logged: no per-batch compute
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split != "train", batch_size=len(labels),
-                 sync_dist=split != "train")
+        self.log(f"{split}/{prefix}loss", loss, on_step=False, on_epoch=True, prog_bar=split != "train",
+                 batch_size=len(labels), sync_dist=split != "train", add_dataloader_idx=False)
         if split == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{split}/{prefix}acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels),
+                 add_dataloader_idx=False)
         return loss
 
     def training_loss(self, inputs: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -128,8 +130,12 @@ class TransferModule(L.LightningModule):
             self.val_acc_best(self.val_acc.compute())
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=False)
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, self.test_acc, "test")
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Test loader 1, where there is one, is the ``data.target_domain`` copy of the test split: ``test/target_*``."""
+        if dataloader_idx:
+            self._step(batch, self.target_test_acc, "test", prefix="target_")
+        else:
+            self._step(batch, self.test_acc, "test")
 
     def param_groups(self) -> list[dict]:
         """Two groups per stage, built once: ``<stage>`` (weights, with decay) and ``<stage>/no_decay``

@@ -90,6 +90,7 @@ class RunRecord:
     val_acc_best: float | None = None  # best val/acc of any epoch, in [0, 1]
     params_trainable_end: int | None = None  # trainable at the end (gradual unfreezing grows it)
     test_acc: float | None = None  # test/acc of the best checkpoint, in [0, 1]
+    target_test_acc: float | None = None  # test/target_acc: the same on the data.target_domain-shifted test split
     best_checkpoint: str | None = None  # path of the checkpoint tested
     # --- when the job ends (train.main)
     metrics: dict[str, float] | None = None  # every final logged value, e.g. {"val/acc": ..., "test/loss": ...}

@@ -23,14 +23,17 @@ from tlexp.errors import ConfigError, InvalidValue
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
 from tlexp.results import DONE_STATUSES, RunRecord, Status, read_result, write_result
+from tlexp.strategies import STRATEGIES
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def target_name(node: DictConfig) -> str:
-    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class."""
-    return node._target_.rsplit(".", 1)[-1].lower()
+    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class (a strategy's
+    name in ``STRATEGIES``, e.g. ``pseudo_label``; otherwise the class name in lower case)."""
+    name = node._target_.rsplit(".", 1)[-1]
+    return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
 
 def dataset_name(data: DictConfig) -> str:
@@ -53,15 +56,18 @@ def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
 
 def build(cfg: DictConfig):
     """Backbone -> data (preprocessing from the backbone) -> strategy module."""
-    pretrained = hydra.utils.get_class(cfg.strategy._target_).uses_pretrained_weights
+    strategy = hydra.utils.get_class(cfg.strategy._target_)
     backbone = config.instantiate("model", cfg.model, sources={"img_size": "data.image_size"}, img_size=cfg.data.image_size,
-                                  **({} if pretrained else {"pretrained": False, "weights": None}))
-    datamodule = config.instantiate("data", cfg.data)
+                                  **({} if strategy.uses_pretrained_weights else {"pretrained": False, "weights": None}))
+    # a strategy that trains on unlabeled images gets the training pool's rest when data.unlabeled is null
+    unlabeled = getattr(strategy, "uses_unlabeled_data", False) and "unlabeled" in cfg.data and cfg.data.unlabeled is None
+    datamodule = config.instantiate("data", cfg.data, **({"unlabeled": "rest"} if unlabeled else {}))
     try:
         datamodule.prepare_for(backbone)  # preprocessing from the backbone's timm data config, then setup
     except InvalidValue as error:  # a folder or file found wanting while loading
         raise ConfigError.at("data", error) from None
-    module = config.instantiate("strategy", cfg.strategy, backbone=backbone, num_classes=datamodule.num_classes)
+    module = config.instantiate("strategy", cfg.strategy, sources={"target_domain": "data.target_domain"},  # dann's
+                                backbone=backbone, num_classes=datamodule.num_classes)
     return datamodule, module
 
 
@@ -86,6 +92,8 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
     record.update(**derived, skipped_files=len(getattr(datamodule, "skipped_files", ())))
     name, group, _ = job_identity(cfg)
     tags = [target_name(cfg.strategy), f"fraction={cfg.data.fraction}", *cfg.get("tags", [])]
+    if cfg.data.get("target_domain"):
+        tags.append(f"target_domain={cfg.data.target_domain}")
     loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
     callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR)]
@@ -105,9 +113,10 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-        metrics.update({k: float(v) for k, v in test_metrics.items()})
+        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False):  # 2: target_domain
+            metrics.update({k: float(v) for k, v in test_metrics.items()})
         record.test_acc = metrics.get("test/acc")
+        record.target_test_acc = metrics.get("test/target_acc")
         record.best_checkpoint = best
     for logger in trainer.loggers:
         logger.log_metrics({f"summary/{k}": v for k, v in derived.items() if isinstance(v, (int, float))})

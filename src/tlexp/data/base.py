@@ -20,13 +20,19 @@ import numpy as np
 import timm.data
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from tlexp.data.domain_shift import check_shift, shift_array
 from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
 from tlexp.data.subset import stratified_fraction, stratified_split
+from tlexp.errors import InvalidValue
 from tlexp.feature_cache.dataset import CachedFeatures
 
 log = logging.getLogger(__name__)
+
+UNLABELED = (None, "none", "rest")
+UNLABELED_ACCEPTED = ("null or none (no unlabeled set), rest (the training pool's images outside data.fraction, "
+                      "without their labels)")
 
 
 @dataclass
@@ -40,6 +46,20 @@ class Split:
     def take(self, indices: np.ndarray) -> Split:
         return Split(self.labels[indices], None if self.images is None else self.images[indices],
                      None if self.paths is None else [self.paths[i] for i in indices])
+
+
+class Relabeled(Dataset):
+    """Items ``indices`` of ``dataset`` with ``targets`` in place of their labels, which are never read:
+    the unlabeled set yields its own positions, the pseudo-labeled set the predicted classes."""
+
+    def __init__(self, dataset, indices: torch.Tensor, targets: torch.Tensor):
+        self.dataset, self.indices, self.targets = dataset, indices, targets
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.indices[index])][0], self.targets[index]
 
 
 class EpochSampler(DistributedSampler):
@@ -57,8 +77,21 @@ class EpochSampler(DistributedSampler):
 class TransferDataModule(L.LightningDataModule):
     def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
-                 output_dir: str | None = None, test_limit: int | None = None):
+                 output_dir: str | None = None, test_limit: int | None = None, unlabeled: str | None = None,
+                 unlabeled_limit: int | None = None, target_domain: str | None = None):
         super().__init__()  # the values are checked where the config comes in (tlexp.config.RULES)
+        if unlabeled not in UNLABELED:
+            raise InvalidValue("unlabeled", unlabeled, UNLABELED_ACCEPTED)
+        if unlabeled_limit is not None and (isinstance(unlabeled_limit, bool) or not isinstance(unlabeled_limit, int)
+                                            or unlabeled_limit < 1):
+            raise InvalidValue("unlabeled_limit", unlabeled_limit, "null (all of them) or an integer >= 1")
+        self.unlabeled = None if unlabeled == "none" else unlabeled
+        self.unlabeled_limit = unlabeled_limit
+        self.labeled_set = self.unlabeled_set = self._unlabeled_split = self._pseudo_source = None
+        if target_domain is not None:
+            check_shift(target_domain)
+        self.target_domain = target_domain
+        self.target_test_set = self._target_pool = self._target_train_set = None
         self.test_limit = test_limit
         self.fraction, self.val_size, self.image_size, self.augment = fraction, val_size, image_size, augment
         self.batch_size, self.num_workers, self.seed, self.split_seed = batch_size, num_workers, seed, split_seed
@@ -128,7 +161,42 @@ class TransferDataModule(L.LightningDataModule):
         self.train_set = self._dataset(train.take(chosen), self.augment)
         self.val_set = self._dataset(val, False)
         self.test_set = self._dataset(test, False)
+        self.labeled_set = self.train_set
+        if self.unlabeled == "rest":
+            self._set_up_unlabeled(train, np.setdiff1d(train_pool, chosen))
+        if self.target_domain is not None:
+            self._set_up_target(train.take(train_pool), test)
         self.save_indices()
+
+    def _set_up_unlabeled(self, train: Split, rest: np.ndarray) -> None:
+        """``rest``: the training pool outside the fraction (never the validation carve, never the test split),
+        at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not looked at)."""
+        if self.unlabeled_limit is not None and self.unlabeled_limit < len(rest):
+            rest = np.sort(np.random.default_rng(self.seed).choice(rest, self.unlabeled_limit, replace=False))
+        if not len(rest):
+            log.warning("data.unlabeled=rest: data.fraction leaves no unlabeled images")
+        self._unlabeled_split = train.take(rest)
+        self.unlabeled_set = self._dataset(self._unlabeled_split, False)
+        self.indices.update(unlabeled=rest.tolist(), unlabeled_size=len(rest))
+
+    def _set_up_target(self, pool: Split, test: Split) -> None:
+        """The ``target_domain`` copy of the test split; the training ``pool`` (validation carve excluded) is kept
+        for ``target_train_dataset``. Shifts apply to images in memory: image files are refused."""
+        if pool.images is None:
+            raise InvalidValue("target_domain", self.target_domain, "null for image files", "domain shifts apply to "
+                               "images held in memory (digits, fashion_mnist, synthetic, ...), not to image files")
+        self.target_test_set = self._dataset(Split(test.labels, shift_array(test.images, self.target_domain, seed=1)), False)
+        self._target_pool = pool
+        self.indices["target_domain"] = self.target_domain
+
+    def target_train_dataset(self) -> TensorImages | None:
+        """The target domain's training images: the ``target_domain`` copy of the whole training pool (the
+        labeled fraction's images too, as in MNIST->MNIST-M; never the validation or test images), every label
+        -1 (unlabeled). Built on first use, by the strategies that adapt; None without ``target_domain``."""
+        if self._target_train_set is None and self._target_pool is not None:
+            images = shift_array(self._target_pool.images, self.target_domain, seed=0)
+            self._target_train_set = self._dataset(Split(np.full(len(images), -1, dtype=np.int64), images), self.augment)
+        return self._target_train_set
 
     def save_indices(self) -> None:
         if self.output_dir is None or (self.trainer is not None and not self.trainer.is_global_zero):
@@ -159,12 +227,37 @@ class TransferDataModule(L.LightningDataModule):
         self._resume_batches = 0
         return loader
 
+    # --- the unlabeled set (``unlabeled``) and the training set with pseudo-labels ----------------------
+    def unlabeled_dataloader(self) -> DataLoader:
+        """The unlabeled images in a fixed order, not augmented, as (uint8 images, positions in the set):
+        normalise them with ``normalize``, as ``on_after_batch_transfer`` does the training batches."""
+        positions = torch.arange(len(self.unlabeled_set))
+        return self._loader(Relabeled(self.unlabeled_set, positions, positions))
+
+    def unlabeled_labels(self) -> torch.Tensor:
+        """The unlabeled images' true classes, by position: kept only to *measure* pseudo-labels (their
+        accuracy is logged); no loader yields them, so they never reach a loss."""
+        return self.unlabeled_set.labels
+
+    def train_with_pseudo_labels(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """The training set becomes the labeled subset plus the unlabeled images at ``indices`` (positions)
+        with ``labels`` (predicted classes), augmented as the training images are; empty: the labeled subset.
+        Train loaders built afterwards see it (``pseudo_label`` has the trainer rebuild them every epoch)."""
+        if not len(indices):
+            self.train_set = self.labeled_set
+            return
+        if self._pseudo_source is None:  # the unlabeled images once more only where augmented
+            self._pseudo_source = self._dataset(self._unlabeled_split, True) if self.augment else self.unlabeled_set
+        self.train_set = ConcatDataset([self.labeled_set, Relabeled(self._pseudo_source, indices, labels)])
+
     # --- checkpoint state: the position in the epoch ------------------------------------------------
     def state_dict(self) -> dict:
-        """Saved in checkpoints by Lightning (and restored before the loaders are built)."""
+        """Saved in checkpoints by Lightning (and restored before the loaders are built); a finished epoch
+        counts as none done: the next one may be longer or shorter (pseudo-labels join the training set)."""
         if self.trainer is None:
             return {}
-        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"batches_done": done if done < self.trainer.num_training_batches else 0}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_batches = state_dict.get("batches_done", 0)
@@ -172,5 +265,8 @@ class TransferDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The test split; with ``target_domain`` also its shifted copy, second (``test/target_*``)."""
+        if self.target_test_set is None:
+            return self._loader(self.test_set)
+        return [self._loader(self.test_set), self._loader(self.target_test_set)]

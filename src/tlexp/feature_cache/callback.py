@@ -9,7 +9,7 @@ from tlexp.feature_cache.dataset import cache_datamodule
 from tlexp.feature_cache.key import weights_hash
 from tlexp.feature_cache.rules import check_setting, resolve
 
-STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test", "target_test")}
 """Splits whose features each Trainer stage needs: test features only when a test runs."""
 
 

@@ -22,7 +22,8 @@ from tlexp.feature_cache.key import cache_key, key_fields, weights_hash
 
 log = logging.getLogger("tlexp")
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "target_test")
+"""A datamodule's ``<split>_set``s; ``target_test`` (the ``data.target_domain`` test split) is None without a target domain."""
 
 
 class CachedFeatures(NamedTuple):
@@ -66,7 +67,7 @@ def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_siz
 
 def image_dataset(datamodule, split: str, weights: str) -> Dataset | None:
     """The split's images to compute from; None when it already holds this backbone's features (or is absent)."""
-    dataset = getattr(datamodule, f"{split}_set")
+    dataset = getattr(datamodule, f"{split}_set", None)
     if not isinstance(dataset, FeatureDataset):
         return dataset
     if dataset.weights == weights:
@@ -100,7 +101,7 @@ def cache_datamodule(backbone: nn.Module, datamodule, cache_dir: str | Path | No
             key = cache_key(fields)
             path = cache_dir / f"{key}.pt" if cache_dir else None
             # a split that is another split's dataset (no test split: test on val) reuses its features
-            done = [getattr(datamodule, f"{s}_set") for s in SPLITS]
+            done = [getattr(datamodule, f"{s}_set", None) for s in SPLITS]
             same = next(((f.features, f.labels) for f in done if isinstance(f, FeatureDataset)
                          and f.source() is dataset and f.weights == weights), None)
             loaded = same or (store.load(path, key) if path else None)

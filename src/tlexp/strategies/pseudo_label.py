@@ -1,0 +1,159 @@
+"""Pseudo-labelling (self-training, Lee 2013): little labeled data, plenty of unlabeled images.
+
+The run's epochs are split into ``rounds``. The first round trains like ``full`` on the labeled
+subset (``data.fraction``). At the end of every round but the last, the model predicts the whole
+unlabeled set (``data.unlabeled=rest``: the training pool's other images, without their labels) in
+eval mode without augmentation; the next round trains on the labeled subset plus the images whose
+top softmax probability is >= ``threshold``, labeled with the predicted class.
+
+The training set grows between rounds, so the train loader is rebuilt when a round starts (each
+epoch's order stays a function of (seed, epoch)), and the learning-rate schedule, sized for epochs of
+the labeled subset, advances by one labeled epoch per epoch whatever its length: the same schedule
+over the epochs as ``full``, and bit for bit ``full`` in the first round. The pseudo-labels are saved
+in checkpoints, so a resumed run trains on the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+
+from tlexp.errors import InvalidValue
+from tlexp.module import TransferModule
+
+ROUNDS = "an integer >= 1 (1: no pseudo-labels, plain full), at most trainer.max_epochs"
+CHECKPOINT_KEY = "pseudo_labels"
+
+
+def no_pseudo_labels() -> dict:
+    """Round 0's state: no unlabeled image is used yet."""
+    return {"round": 0, "indices": torch.empty(0, dtype=torch.long), "labels": torch.empty(0, dtype=torch.long)}
+
+
+class PseudoLabel(TransferModule):
+    """Trains like ``full``; ``rounds`` rounds over ``trainer.max_epochs``, the unlabeled images predicted
+    with probability >= ``threshold`` added with their predicted class after each round but the last.
+
+    ``pseudo``: {"round": the round these labels were made for, "indices": positions in the datamodule's
+    unlabeled set, "labels": their predicted classes}."""
+
+    uses_unlabeled_data = True
+    """The entry point builds the data with ``data.unlabeled=rest`` when ``data.unlabeled`` is null."""
+
+    def __init__(self, *args, rounds: int = 2, threshold: float = 0.9, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise InvalidValue("rounds", rounds, ROUNDS)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise InvalidValue("threshold", threshold, "a softmax probability in [0, 1]")
+        self.pseudo = no_pseudo_labels()
+
+    def configure_callbacks(self):
+        return [*super().configure_callbacks(), PseudoLabeling()]
+
+    def round_of(self, epoch: int) -> int:
+        """The round ``epoch`` belongs to: the rounds split ``trainer.max_epochs`` as evenly as they can."""
+        return min(self.hparams.rounds - 1, epoch * self.hparams.rounds // self.trainer.max_epochs)
+
+    @torch.no_grad()
+    def predict_unlabeled(self, datamodule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(top softmax probability, predicted class) of each unlabeled image, by position: every module in
+        eval mode (dropout off, BatchNorm on its running statistics), no augmentation; the modules'
+        modes are restored afterwards (the freeze plan's BatchNorm modes among them)."""
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            with torch.inference_mode(False):  # also when called inside validation: plain tensors out
+                probabilities = [self(datamodule.normalize(images.to(self.device))).softmax(1).cpu()
+                                 for images, _ in datamodule.unlabeled_dataloader()]
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        if not probabilities:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.cat(probabilities).max(1)
+
+    def relabel(self, datamodule, next_round: int) -> None:
+        """Pseudo-labels for ``next_round`` from the model as it is now, into ``pseudo`` and the training set."""
+        confidence, predicted = self.predict_unlabeled(datamodule)
+        indices = torch.nonzero(confidence >= self.hparams.threshold).flatten()
+        self.pseudo = {"round": next_round, "indices": indices, "labels": predicted[indices]}
+        datamodule.train_with_pseudo_labels(indices, self.pseudo["labels"])
+
+    def pseudo_metrics(self, datamodule) -> dict[str, float]:
+        """``pseudo/count``, ``pseudo/threshold``, ``pseudo/round`` and, when there are any, ``pseudo/accuracy``:
+        the share of pseudo-labels equal to the hidden true labels (measured only, never trained on)."""
+        indices, labels = self.pseudo["indices"], self.pseudo["labels"]
+        metrics = {"pseudo/count": float(len(indices)), "pseudo/threshold": float(self.hparams.threshold),
+                   "pseudo/round": float(self.pseudo["round"])}
+        if len(indices):
+            metrics["pseudo/accuracy"] = (datamodule.unlabeled_labels()[indices] == labels).float().mean().item()
+        return metrics
+
+    def lr_scheduler_step(self, scheduler, metric):
+        """Each batch moves the schedule by (batches of a labeled epoch) / (batches of this epoch) steps: it was
+        sized for epochs of the labeled subset alone (``estimated_stepping_batches``) and keeps its shape over
+        the epochs as the training set grows (counted from the sets' sizes, so also in a resumed partial epoch)."""
+        datamodule, world = self.trainer.datamodule, self.trainer.world_size
+        batches = [math.ceil(math.ceil(len(data) / world) / datamodule.batch_size)
+                   for data in (datamodule.labeled_set, datamodule.train_set)]
+        scheduler.last_epoch += batches[0] / batches[1] - 1
+        scheduler.step()
+
+
+class PseudoLabeling(Callback):
+    """When ``PseudoLabel`` relabels (the end of a round), and the pseudo-labels in checkpoints.
+
+    A round's last epoch relabels at its end, or earlier at the checkpoint saved after its last batch
+    (validation's), so that checkpoint holds the labels the next round trains on. Lightning rebuilds
+    the train loader for the next epoch (``reload_dataloaders_every_n_epochs`` is 1 for that one epoch)."""
+
+    def __init__(self):
+        self._reload: int | None = None
+
+    def setup(self, trainer, pl_module, stage):
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        if getattr(datamodule, "unlabeled_set", None) is None:
+            raise InvalidValue("unlabeled", getattr(datamodule, "unlabeled", None), "rest",
+                               "strategy pseudo_label needs a tlexp datamodule with unlabeled images: data.unlabeled=rest")
+        if pl_module.hparams.rounds > trainer.max_epochs:
+            raise InvalidValue("rounds", pl_module.hparams.rounds, ROUNDS, f"trainer.max_epochs={trainer.max_epochs}")
+
+    def on_fit_start(self, trainer, pl_module):
+        trainer.datamodule.train_with_pseudo_labels(pl_module.pseudo["indices"], pl_module.pseudo["labels"])
+
+    def _round_ends(self, trainer, pl_module) -> bool:
+        """Whether every batch of the current epoch has trained and it is the last epoch of a round with a next one."""
+        epoch = trainer.current_epoch
+        trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+        return trained and pl_module.round_of(epoch) < pl_module.round_of(epoch + 1)
+
+    def _relabel(self, trainer, pl_module) -> None:
+        next_round = pl_module.round_of(trainer.current_epoch) + 1
+        if pl_module.pseudo["round"] != next_round:
+            pl_module.relabel(trainer.datamodule, next_round)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self._reload is not None:  # the new round's loader is built: back to the trainer's own setting
+            trainer.reload_dataloaders_every_n_epochs, self._reload = self._reload, None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._round_ends(trainer, pl_module):
+            self._relabel(trainer, pl_module)
+            pl_module.log_dict(pl_module.pseudo_metrics(trainer.datamodule), on_step=False, on_epoch=True)
+            self._reload, trainer.reload_dataloaders_every_n_epochs = trainer.reload_dataloaders_every_n_epochs, 1
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.state.fn == TrainerFn.FITTING and self._round_ends(trainer, pl_module):
+            self._relabel(trainer, pl_module)
+        checkpoint[CHECKPOINT_KEY] = pl_module.pseudo
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        """Before the train loader is built: a resumed run trains on the checkpoint's pseudo-labels."""
+        pl_module.pseudo = checkpoint.get(CHECKPOINT_KEY, no_pseudo_labels())
+        self.on_fit_start(trainer, pl_module)
