@@ -305,3 +305,18 @@ def test_train_py_finishes_despite_broken_files(tmp_path):
     assert [line.split("\t")[0] for line in skipped] == expected_skipped(root)
     assert result.stdout.count("skipped 6 of") == 1
     assert (root / CACHE_NAME).is_file()
+
+
+def test_auto_workers_decode_files_in_workers_and_keep_tensors_in_process(tmp_path, monkeypatch):
+    """data.num_workers=auto: a folder's images decode in one worker per core but one; in-memory data gets none."""
+    from tlexp.benchmarks.pipeline import STATISTICS, write_folder
+    from tlexp.data import Synthetic
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    folder = ImageFolder(root=str(write_folder(tmp_path / "f", 40, 16)), val_split=10, image_size=16, batch_size=8).prepare_for(STATISTICS)
+    loader = folder.train_dataloader()
+    assert folder.num_workers == "auto" and loader.num_workers == 3 and loader.persistent_workers
+    assert len(next(iter(loader))[0]) == 8
+    memory = Synthetic(image_size=16, val_size=8, batch_size=8).prepare_for(STATISTICS)
+    assert memory.train_dataloader().num_workers == 0
+    assert ImageFolder(root=str(tmp_path / "f"), val_split=10, image_size=16, num_workers=0).prepare_for(STATISTICS).train_dataloader().num_workers == 0

@@ -83,6 +83,7 @@ RULES: dict[str, Rule] = {
     "strategy.lr_lora": POSITIVE_RATE,
     "strategy.target_stages": Rule(TARGET_STAGES, target_stages_form),
     "strategy.reinit_stages": _integer(1),
+    "data.num_workers": Rule("auto or an integer >= 0", lambda v: v == "auto" or _integer(0).test(v)),
     "strategy.rounds": _integer(1),
     "strategy.threshold": Rule("a softmax probability in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,17 @@ class EpochSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
+def decodes_files(dataset) -> bool:
+    """Whether ``dataset`` (or one it wraps: concatenated, relabeled) decodes image files per item."""
+    if isinstance(dataset, FileImages):
+        return True
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    return any(d is not None and decodes_files(d) for d in inner)
+
+
 class TransferDataModule(L.LightningDataModule):
     def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
-                 batch_size: int = 64, num_workers: int = 0, seed: int = 42, split_seed: int = 0,
+                 batch_size: int = 64, num_workers: int | str = "auto", seed: int = 42, split_seed: int = 0,
                  output_dir: str | None = None, test_limit: int | None = None, unlabeled: str | None = None,
                  unlabeled_limit: int | None = None, target_domain: str | None = None):
         super().__init__()  # the values are checked where the config comes in (tlexp.config.RULES)
@@ -211,10 +220,17 @@ class TransferDataModule(L.LightningDataModule):
         return FileImages(split.paths, split.labels, self.image_size, self.interpolation, augment)
 
     # --- loaders ----------------------------------------------------------------------------------
+    def workers(self, dataset) -> int:
+        """``num_workers``, or under ``auto``: one DataLoader worker per core but one (at most 8) for a dataset
+        decoded from files, and none for tensors in memory (workers would only add copying)."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return min(8, max(1, (os.cpu_count() or 2) - 1)) if decodes_files(dataset) else 0
+
     def _loader(self, dataset, sampler=None) -> DataLoader:
+        workers = self.workers(dataset)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         """Each epoch's order is a function of (seed, epoch), also for every DDP rank; after a
