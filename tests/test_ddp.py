@@ -69,3 +69,18 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path):
     # besides the jobs, only the sweep's own W&B summary run
     extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs and p.name != "wandb"]
     assert extra == [], f"unexpected directories in the sweep: {extra}"
+
+
+@pytest.mark.parametrize("strategy", [["strategy=lora"], ["strategy=dann", "data.target_domain=invert"]])
+def test_lora_and_dann_ddp_replicas_stay_identical(tmp_path, strategy):
+    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP."""
+    run_dir = tmp_path / "run"
+    done = train(*DDP, *strategy, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path}/data")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = epochs_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed" and result["strategy"] == strategy[0].split("=")[1]
+    if "dann" in strategy[0]:
+        assert 0 <= result["target_test_acc"] <= 1

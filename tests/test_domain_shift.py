@@ -88,6 +88,16 @@ def test_target_sets_are_the_shifted_pool_and_test_split_never_validation():
     assert datamodule().target_train_dataset() is None and datamodule().target_test_set is None
 
 
+def test_with_a_target_domain_the_unlabeled_set_is_the_shifted_rest():
+    """pseudo_label under experiment=domain_shift self-trains on target images, not on source ones."""
+    data = datamodule(fraction=0.25, unlabeled="rest", target_domain="invert")
+    train, _, _, _ = data.load()
+    images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
+    rest = np.asarray(data.indices["unlabeled"])
+    assert len(rest) and torch.equal(data.unlabeled_set.images, 255 - images[rest])
+    assert torch.equal(data.unlabeled_labels(), torch.as_tensor(train.labels[rest]))  # only to measure pseudo-labels
+
+
 def test_an_image_folder_refuses_a_target_domain(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()

@@ -171,20 +171,24 @@ class TransferDataModule(L.LightningDataModule):
         self.val_set = self._dataset(val, False)
         self.test_set = self._dataset(test, False)
         self.labeled_set = self.train_set
-        if self.unlabeled == "rest":
-            self._set_up_unlabeled(train, np.setdiff1d(train_pool, chosen))
         if self.target_domain is not None:
             self._set_up_target(train.take(train_pool), test)
+        if self.unlabeled == "rest":
+            self._set_up_unlabeled(train, np.setdiff1d(train_pool, chosen))
         self.save_indices()
 
     def _set_up_unlabeled(self, train: Split, rest: np.ndarray) -> None:
         """``rest``: the training pool outside the fraction (never the validation carve, never the test split),
-        at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not looked at)."""
+        at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not looked at); with a
+        ``target_domain``, its shifted copy, so that self-training adapts to the target domain."""
         if self.unlabeled_limit is not None and self.unlabeled_limit < len(rest):
             rest = np.sort(np.random.default_rng(self.seed).choice(rest, self.unlabeled_limit, replace=False))
         if not len(rest):
             log.warning("data.unlabeled=rest: data.fraction leaves no unlabeled images")
         self._unlabeled_split = train.take(rest)
+        if self.target_domain is not None:
+            self._unlabeled_split = Split(self._unlabeled_split.labels, shift_array(self._unlabeled_split.images,
+                                                                                    self.target_domain, seed=2))
         self.unlabeled_set = self._dataset(self._unlabeled_split, False)
         self.indices.update(unlabeled=rest.tolist(), unlabeled_size=len(rest))
 
