@@ -86,6 +86,16 @@ def choose_fraction(jobs: list[Job], requested: float | None = None) -> float | 
     return max(counts, key=lambda f: (counts[f], f)) if counts else None
 
 
+def by_series_and_fraction(jobs: list[Job]) -> list[tuple[str, float | None, list[Job]]]:
+    """``jobs`` grouped by (series, fraction): the seeds of one setting together; series in the registry's
+    order, fractions ascending (unknown last)."""
+    series, groups = series_names(jobs), defaultdict(list)
+    for job in jobs:
+        groups[(series[job.name], fraction_of(job))].append(job)
+    return [(name, fraction, groups[(name, fraction)]) for name in strategy_order(s for s, _ in groups)
+            for fraction in sorted((f for s, f in groups if s == name), key=lambda f: (f is None, f))]
+
+
 @dataclass
 class Table:
     """Rows of numbers and text; formatted only when written to HTML."""
@@ -153,17 +163,12 @@ def race_table(curves: dict[str, dict]) -> Table:
 
 def few_shot_table(jobs: list[Job]) -> Table:
     """Per series (``series_names``) and fraction: training-set size and test/acc over seeds."""
-    groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None and fraction_of(j) is not None]
-    series = series_names(done)
-    for job in done:
-        groups[(series[job.name], fraction_of(job))].append(job)
+    done = [j for j in jobs if j.completed and j.test_acc is not None and fraction_of(j) is not None]
     rows = []
-    for strategy in strategy_order(s for s, _ in groups):
-        for fraction in sorted(f for s, f in groups if s == strategy):
-            members = groups[(strategy, fraction)]
-            acc = describe([j.test_acc for j in members])
-            size = describe([j.record.train_size for j in members])["mean"]
-            rows.append([strategy, fraction, size, acc["n"], acc["mean"], acc["std"], acc["min"], acc["max"]])
+    for strategy, fraction, members in by_series_and_fraction(done):
+        acc = describe([j.test_acc for j in members])
+        size = describe([j.record.train_size for j in members])["mean"]
+        rows.append([strategy, fraction, size, acc["n"], acc["mean"], acc["std"], acc["min"], acc["max"]])
     return Table(["strategy", "fraction", "train_size", "runs", "test_acc_mean", "test_acc_std", "test_acc_min",
                   "test_acc_max"], rows)
 
@@ -213,33 +218,23 @@ def movement_table(jobs: list[Job]) -> Table:
     """Per series, fraction and backbone stage: the final weight distance from the start and the CKA of the
     stage's outputs then and now (``LayerMovement``), mean over seeds; stages in network order."""
     done = [j for j in jobs if j.completed and any(k.startswith("movement/") for k in (j.record.metrics or {}))]
-    series, groups = series_names(done), defaultdict(list)
-    for job in done:
-        groups[(series[job.name], fraction_of(job))].append(job)
     rows = []
-    for name in strategy_order(s for s, _ in groups):
-        for fraction in sorted((f for s, f in groups if s == name), key=lambda f: (f is None, f)):
-            members = groups[(name, fraction)]
-            stages = [s for s in members[0].record.stages or [] if f"movement/{s}/weight_distance" in members[0].record.metrics]
-            for stage in stages:
-                distance = describe([j.record.metrics.get(f"movement/{stage}/weight_distance") for j in members])
-                cka = describe([j.record.metrics.get(f"movement/{stage}/cka") for j in members])
-                rows.append([name, fraction, stage, distance["n"], distance["mean"], cka["mean"]])
+    for name, fraction, members in by_series_and_fraction(done):
+        stages = [s for s in members[0].record.stages or [] if f"movement/{s}/weight_distance" in members[0].record.metrics]
+        for stage in stages:
+            distance = describe([j.record.metrics.get(f"movement/{stage}/weight_distance") for j in members])
+            cka = describe([j.record.metrics.get(f"movement/{stage}/cka") for j in members])
+            rows.append([name, fraction, stage, distance["n"], distance["mean"], cka["mean"]])
     return Table(["strategy", "fraction", "stage", "runs", "weight_distance", "cka"], rows)
 
 
 def cost_table(jobs: list[Job]) -> Table:
-    groups, done = defaultdict(list), [j for j in jobs if j.completed and j.test_acc is not None]
-    series = series_names(done)
-    for job in done:
-        groups[(series[job.name], fraction_of(job))].append(job)
+    done = [j for j in jobs if j.completed and j.test_acc is not None]
     rows = []
-    for strategy in strategy_order(s for s, _ in groups):
-        for fraction in sorted((f for s, f in groups if s == strategy), key=lambda f: (f is None, f)):
-            members = groups[(strategy, fraction)]
-            rows.append([strategy, fraction, len(members), describe([j.trainable_params for j in members])["mean"],
-                         describe([j.seconds_per_epoch for j in members])["mean"],
-                         describe([j.test_acc for j in members])["mean"]])
+    for strategy, fraction, members in by_series_and_fraction(done):
+        rows.append([strategy, fraction, len(members), describe([j.trainable_params for j in members])["mean"],
+                     describe([j.seconds_per_epoch for j in members])["mean"],
+                     describe([j.test_acc for j in members])["mean"]])
     return Table(["strategy", "fraction", "runs", "params_trainable", "s_per_epoch", "test_acc_mean"], rows)
 
 
