@@ -8,7 +8,8 @@ import torch
 
 from test_finetuning import build, trainer
 from tlexp.callbacks import LayerMovement
-from tlexp.callbacks.layer_movement import linear_cka, relative_distance, stage_outputs_modules
+from tlexp.callbacks.layer_movement import linear_cka, relative_distance
+from tlexp.stages import stage_outputs_modules
 from tlexp.strategies import Partial
 
 

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tlexp.backbone import feature_width
 from tlexp.callbacks.finetuning import FineTuning
+from tlexp.feature_cache.prefix import passed_through
 from tlexp.freeze_plan import FreezePlan
 from tlexp.heads import build_head
 from tlexp.schedules import StageLR, make_schedule
@@ -98,8 +99,29 @@ class TransferModule(L.LightningModule):
     def configure_callbacks(self):
         return [FineTuning()]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+    cached_depth: int | None = None
+    """Set by the feature caches while the inputs are cached activations: how many frozen backbone stages they
+    have been through (None: images; every backbone stage: pooled features, the head's input)."""
+    skipped_modules: list[nn.Module] = []
+    """The modules those stages run, passed through while the inputs are cached activations."""
+
+    @property
+    def on_cached_features(self) -> bool:
+        """Whether the inputs are the backbone's pooled features (``frozen``'s feature cache)."""
+        return self.cached_depth == len(self.backbone_stages)
+
+    @on_cached_features.setter
+    def on_cached_features(self, value: bool) -> None:
+        self.cached_depth = len(self.backbone_stages) if value else None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Images through backbone and head; cached activations through the stages after them (``tlexp.feature_cache``)."""
+        if self.cached_depth is None:
+            return self.head(self.backbone(inputs))
+        if self.on_cached_features:
+            return self.head(inputs)
+        with passed_through(self.skipped_modules):
+            return self.head(self.backbone(inputs))
 
     def _step(self, batch, accuracy: MulticlassAccuracy, split: str, prefix: str = "") -> torch.Tensor:
         images, labels = batch

@@ -132,3 +132,27 @@ def split_stages(backbone: nn.Module, head: nn.Module) -> list[Stage]:
     stages.append(Stage(HEAD, list(head.parameters()), head_names,
                         [m for m in head.modules() if isinstance(m, _BatchNorm)]))
     return stages
+
+
+def stage_outputs_modules(backbone: nn.Module, param_names: list[str]) -> list[nn.Module]:
+    """The modules whose output is the stage's: the common parent of its parameters when there is one
+    (``blocks.3``), else that parent's children which own them (``conv_stem``, ``bn1``), in order."""
+    owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in param_names]
+    parts = [owner.split(".") for owner in owners]
+    common = []
+    for column in zip(*parts):
+        if len(set(column)) > 1:
+            break
+        common.append(column[0])
+    prefix = ".".join(common)
+    if prefix and all(owner == prefix or owner.startswith(prefix + ".") for owner in owners):
+        mine = set(param_names)
+        while "." in prefix:  # up to the largest module holding this stage's parameters only (blocks.2, not blocks.2.0)
+            parent = prefix.rsplit(".", 1)[0]
+            if not {f"{parent}.{name}" for name, _ in backbone.get_submodule(parent).named_parameters()} <= mine:
+                break
+            prefix = parent
+        return [backbone.get_submodule(prefix)]
+    depth = len(common) + 1
+    children = dict.fromkeys(".".join(p[:depth]) for p in parts if len(p) >= depth)
+    return [backbone.get_submodule(name) for name in children]

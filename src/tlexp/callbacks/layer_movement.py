@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from tlexp.stages import HEAD
+from tlexp.stages import HEAD, stage_outputs_modules
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -33,30 +33,6 @@ def relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> flo
     moved = sum(float((a.detach().cpu().double() - b.double()).pow(2).sum()) for a, b in zip(now, start))
     size = sum(float(b.double().pow(2).sum()) for b in start)
     return (moved / max(size, 1e-24)) ** 0.5
-
-
-def stage_outputs_modules(backbone: nn.Module, param_names: list[str]) -> list[nn.Module]:
-    """The modules whose output is the stage's: the common parent of its parameters when there is one
-    (``blocks.3``), else that parent's children which own them (``conv_stem``, ``bn1``), in order."""
-    owners = [name.rsplit(".", 1)[0] if "." in name else "" for name in param_names]
-    parts = [owner.split(".") for owner in owners]
-    common = []
-    for column in zip(*parts):
-        if len(set(column)) > 1:
-            break
-        common.append(column[0])
-    prefix = ".".join(common)
-    if prefix and all(owner == prefix or owner.startswith(prefix + ".") for owner in owners):
-        mine = set(param_names)
-        while "." in prefix:  # up to the largest module holding this stage's parameters only (blocks.2, not blocks.2.0)
-            parent = prefix.rsplit(".", 1)[0]
-            if not {f"{parent}.{name}" for name, _ in backbone.get_submodule(parent).named_parameters()} <= mine:
-                break
-            prefix = parent
-        return [backbone.get_submodule(prefix)]
-    depth = len(common) + 1
-    children = dict.fromkeys(".".join(p[:depth]) for p in parts if len(p) >= depth)
-    return [backbone.get_submodule(name) for name in children]
 
 
 class LayerMovement(Callback):

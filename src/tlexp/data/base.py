@@ -137,7 +137,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         if isinstance(batch, CachedFeatures):  # backbone outputs (tlexp.feature_cache), not images
-            return batch
+            return batch if batch.features.dtype == torch.float32 else CachedFeatures(batch.features.float(), batch.labels)
         images, labels = batch
         return self.normalize(images), labels
 
@@ -232,7 +232,8 @@ class TransferDataModule(L.LightningDataModule):
         return min(8, max(1, (os.cpu_count() or 2) - 1)) if decodes_files(dataset) else 0
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
-        workers = self.workers(dataset)
+        # inputs that switch with the epoch (tlexp.feature_cache.prefix): workers would keep a stale copy
+        workers = 0 if getattr(dataset, "switches_inputs", False) else self.workers(dataset)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
                           num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 

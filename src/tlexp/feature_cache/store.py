@@ -42,10 +42,11 @@ def save(path: Path, payload: dict) -> None:
         raise
 
 
-def load(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(features, labels) stored at ``path`` under ``key``; None when missing, unreadable or another key's."""
+def load(path: Path, key: str, mmap: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(features, labels) stored at ``path`` under ``key``; None when missing, unreadable or another key's.
+    ``mmap``: the tensors stay on disk, paged in as they are read (caches larger than memory)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         return None
     except Exception as error:  # a corrupt or foreign file: compute again and overwrite it

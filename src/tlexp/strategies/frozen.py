@@ -1,5 +1,3 @@
-import torch
-
 from tlexp.feature_cache import FeatureCache, resolve
 from tlexp.module import TransferModule
 from tlexp.stages import HEAD
@@ -11,9 +9,6 @@ class Frozen(TransferModule):
     ``cache_features`` (auto | true | false): compute the backbone's features once and train
     the head on them (see ``tlexp.feature_cache``), stored under ``cache_dir`` (None: memory).
     """
-
-    on_cached_features = False
-    """Set by the ``FeatureCache`` callback while the datasets hold the backbone's features, not images."""
 
     def __init__(self, *args, cache_features: bool | str = "auto", cache_dir: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -28,7 +23,3 @@ class Frozen(TransferModule):
     def configure_callbacks(self):
         return [*super().configure_callbacks(),
                 FeatureCache(self.hparams.cache_features, self.hparams.cache_dir, self.hparams.bn_policy)]
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Images through backbone and head; cached features through the head only."""
-        return self.head(inputs) if self.on_cached_features else super().forward(inputs)

@@ -1,6 +1,7 @@
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import InvalidValue
+from tlexp.feature_cache.prefix import CachesPrefix
 from tlexp.module import TransferModule
 from tlexp.stages import HEAD
 
@@ -17,7 +18,7 @@ def plateaued(history: list[float], patience: int, min_delta: float, since: int 
     return all(value <= best_before + min_delta for value in window[-patience:])
 
 
-class Gradual(TransferModule):
+class Gradual(CachesPrefix, TransferModule):
     """ULMFiT gradual unfreezing: the head first, then one more stage from the top every
     ``unfreeze_every`` epochs, or at the epochs of an explicit ``milestones`` mapping
     (stage name -> epoch; stages it does not name stay frozen).
@@ -25,7 +26,10 @@ class Gradual(TransferModule):
     ``unfreeze_on=plateau``: instead, the next stage unfreezes after an epoch in which ``val/acc``
     has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
     unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test stops training (``stop_at_plateau``). The
-    epochs chosen are part of the freeze plan, so checkpoints carry them and a resume continues."""
+    epochs chosen are part of the freeze plan, so checkpoints carry them and a resume continues.
+
+    ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
+    (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
 
     def __init__(self, *args, unfreeze_every: int = 1, milestones: dict | None = None, unfreeze_on: str = "schedule",
                  patience: int = 1, min_delta: float = 0.0, stop_at_plateau: bool = True, **kwargs):
