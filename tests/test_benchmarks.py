@@ -167,3 +167,21 @@ def test_pipeline_section_reads_a_generated_folder_with_each_worker_count():
     assert result["large_folder"]["after"]["process_mb"] > 0
     text = report._pipeline({"pipeline": result}, settings)
     assert text[0].startswith("### 5. Input pipeline") and sum("workers |" in line for line in text) == 3
+
+
+def test_prefix_section_pairs_cached_and_uncached_runs():
+    from dataclasses import replace
+
+    from tlexp.benchmarks.prefix import section_prefix
+    settings = replace(TINY, prefix_epochs=2)
+    result = section_prefix(settings, depths=[0, 3])
+    labels = [r["label"] for r in result["rows"]]
+    assert labels[:2] == ["partial, frozen depth 0", "partial, frozen depth 3"] and labels[2].startswith("gradual")
+    depth0, depth3, gradual = result["rows"]
+    assert not depth0["cached"]["enabled"] and depth3["cached"]["enabled"] and gradual["cached"]["enabled"]
+    assert depth3["cached"]["cache_mb"] > 0 and positive(depth3["epoch_speedup"], gradual["run_speedup"])
+    assert all(len(r[run]["epoch_s"]) == 2 for r in result["rows"] for run in ("uncached", "cached"))
+    assert result["frozen_depth_sweep"]["depths"] == [0]
+    text = report.markdown({"machine": report.machine(settings), "seconds": 1.0, "prefix": result}, settings)
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert header in BENCHMARKS_MD and "### 6. Frozen-prefix cache" in BENCHMARKS_MD

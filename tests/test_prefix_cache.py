@@ -198,3 +198,15 @@ def test_frozen_depth_per_epoch_follows_the_plan():
     assert [frozen_depth(module.plan, e) for e in range(5)] == [stages, stages, stages - 1, stages - 1, stages - 2]
     partial = Partial(create_backbone("test_efficientnet"), 4, frozen_depth=2, bn_policy="train")
     assert frozen_depth(partial.plan, 0) == 0  # BN affine weights train in frozen stages: nothing is fixed
+
+
+def test_boundary_is_the_first_module_of_the_stage():
+    """A stage that spans containers (``blocks.4`` with ``conv_head`` and ``bn2``) starts at its own block."""
+    from tlexp.feature_cache.prefix import boundary_module, prefix_modules, trace
+    from tlexp.stages import split_stages
+    backbone = create_backbone("test_efficientnet")
+    stages = split_stages(backbone, torch.nn.Identity())
+    starts, ends = trace(backbone.eval(), torch.zeros(1, 3, 32, 32))
+    assert boundary_module(backbone, stages[0], starts) is backbone.conv_stem
+    assert [boundary_module(backbone, stages[i], starts) for i in range(1, 6)] == list(backbone.blocks)
+    assert prefix_modules(backbone, backbone.blocks[4], starts, ends) == [backbone.conv_stem, backbone.bn1, *backbone.blocks[:4]]

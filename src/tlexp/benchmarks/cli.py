@@ -14,6 +14,7 @@ from tlexp.benchmarks.common import Settings, configure
 from tlexp.benchmarks.depths import section_depths
 from tlexp.benchmarks.gradual import section_gradual
 from tlexp.benchmarks.pipeline import section_pipeline
+from tlexp.benchmarks.prefix import section_prefix
 from tlexp.benchmarks.report import machine, markdown
 from tlexp.benchmarks.sweep import section_sweep
 from tlexp.benchmarks.throughput import section_throughput
@@ -38,12 +39,13 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--cache-train-size", type=int, default=DEFAULT.cache_train_size)
     parser.add_argument("--gradual-train-size", type=int, default=DEFAULT.gradual_train_size)
     parser.add_argument("--val-size", type=int, default=DEFAULT.val_size)
+    parser.add_argument("--prefix-epochs", type=int, default=DEFAULT.prefix_epochs, help="epochs of each prefix-cache run (section 6)")
     parser.add_argument("--probe-steps", type=int, default=DEFAULT.probe_steps)
     parser.add_argument("--sweep-logger", default=DEFAULT.sweep_logger, help="logger group of the sweep jobs (the default config's: wandb, offline)")
     parser.add_argument("--pipeline-images", type=int, default=DEFAULT.pipeline_images, help="images of the generated folder (section 5)")
     parser.add_argument("--pipeline-source-size", type=int, default=DEFAULT.pipeline_source_size, help="their size on disk, px")
     parser.add_argument("--large-folder", type=int, default=DEFAULT.large_folder, help="also measure peak memory over a folder of this many images (e.g. 100000)")
-    parser.add_argument("--sections", default=DEFAULT.sections, help="comma-separated: throughput,cache,gradual,sweep,pipeline")
+    parser.add_argument("--sections", default=DEFAULT.sections, help="comma-separated: throughput,cache,gradual,sweep,pipeline,prefix")
     parser.add_argument("--json", default=DEFAULT.json, help="also write all numbers to this file")
     return Settings(**vars(parser.parse_args(argv)))
 
@@ -70,6 +72,9 @@ def run(settings: Settings) -> dict:
     if "pipeline" in sections:
         print("5. input pipeline: image folder per worker count, in memory", flush=True)
         results["pipeline"] = section_pipeline(settings)
+    if "prefix" in sections:
+        print("6. frozen-prefix cache: partial per frozen depth, gradual", flush=True)
+        results["prefix"] = section_prefix(settings)
     results["seconds"] = time.perf_counter() - started
     return results
 

@@ -34,10 +34,12 @@ class Settings:
     epochs: int = 10
     cache_train_size: int = 640
     gradual_train_size: int = 192
+    prefix_epochs: int = 4
+    """Epochs of each run of the prefix-cache section (section 6; its data: ``cache_train_size``)."""
     val_size: int = 64
     probe_steps: int = 6
     sweep_logger: str = "wandb"
-    sections: str = "throughput,cache,gradual,sweep,pipeline"
+    sections: str = "throughput,cache,gradual,sweep,pipeline,prefix"
     json: str | None = None
     model: str = MODEL
     tiny_model: str = "test_efficientnet"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import lightning
@@ -30,7 +31,8 @@ def markdown(results: dict, settings: Settings) -> str:
              + (f" ({m['gpu']})" if "gpu" in m else "") + f"; torch {m['torch']}, lightning {m['lightning']}, "
              f"timm {m['timm']}, Python {m['python']}; load average at start {m['load_average'][0]:.1f}.",
              f"Data: {settings.data}, {settings.image_size} px, batch {settings.batch_size}. Total benchmark time {results['seconds']:.0f} s.", ""]
-    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep), ("pipeline", _pipeline)):
+    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep), ("pipeline", _pipeline),
+                          ("prefix", _prefix)):
         if section in results:
             lines += write(results, settings)
     return "\n".join(lines)
@@ -104,3 +106,18 @@ def _pipeline(results: dict, settings: Settings) -> list[str]:
                   f"{large['after']['process_mb']:.0f} MB in the main process (before: {large['before']['process_mb']:.0f} MB), "
                   f"{large['after']['largest_worker_mb']:.0f} MB in the largest worker.", ""]
     return lines
+
+
+def _prefix(results: dict, settings: Settings) -> list[str]:
+    p = results["prefix"]
+    lines = [f"### 6. Frozen-prefix cache ({settings.cache_train_size} training images, {settings.prefix_epochs} epochs per run, cache in memory)", "",
+             "| run | epoch, uncached (s) | epoch, cached (s) | epoch speed-up | run, uncached (s) | run, cached (s) | run speed-up | "
+             "cache build (s) | cache size (MB) | val acc uncached / cached |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in p["rows"]:
+        u, c = r["uncached"], r["cached"]
+        later = [statistics.median(x["epoch_s"][1:] or x["epoch_s"]) for x in (u, c)]
+        lines.append(f"| {r['label']} | {later[0]:.2f} | {later[1]:.2f} | {r['epoch_speedup']:.1f}x | {u['total_s']:.1f} | {c['total_s']:.1f} | "
+                     f"{r['run_speedup']:.2f}x | {c['build_s']:.1f} | {c['cache_mb']:.0f} | {u['val_acc']:.4f} / {c['val_acc']:.4f} |")
+    s = p["frozen_depth_sweep"]
+    return lines + ["", f"`frozen_depth_sweep` (partial at depths {', '.join(map(str, s['depths']))}): {s['uncached']:.0f} s uncached, "
+                    f"{s['cached']:.0f} s cached ({s['speedup']:.2f}x), the runs' sum.", ""]

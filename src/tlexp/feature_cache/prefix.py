@@ -42,7 +42,6 @@ from tlexp.feature_cache import store
 from tlexp.feature_cache.dataset import FeatureDataset
 from tlexp.feature_cache.key import _digest, cache_key, key_fields, weights_hash
 from tlexp.feature_cache.rules import check_setting, resolve, stochastic_layers
-from tlexp.stages import stage_outputs_modules
 
 log = logging.getLogger("tlexp")
 
@@ -88,9 +87,17 @@ def passed_through(modules: list[nn.Module]):
             del module.forward
 
 
-def boundary_module(backbone: nn.Module, stage) -> nn.Module:
-    """The module whose input is stage ``stage``'s input: the first of the modules holding its parameters."""
-    return stage_outputs_modules(backbone, stage.param_names)[0]
+def boundary_module(backbone: nn.Module, stage, starts: dict[str, list[int]]) -> nn.Module:
+    """The first module to run (``starts``, from ``trace``) that holds parameters of ``stage`` only: the
+    stage's input is its input (``blocks.6`` for a stage of ``blocks.6``, ``conv_head`` and ``bn2``)."""
+    mine, first = set(stage.param_names), None
+    for name, module in backbone.named_modules():
+        owned = {f"{name}.{param}" for param, _ in module.named_parameters()}
+        if name in starts and owned and owned <= mine and (first is None or starts[name][0] < starts[first[0]][0]):
+            first = (name, module)
+    if first is None:
+        raise ValueError(f"no module of stage {stage.name} runs in the backbone's forward")
+    return first[1]
 
 
 def trace(backbone: nn.Module, images: torch.Tensor) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
@@ -204,6 +211,7 @@ class PrefixCache(Callback):
         """Frozen depth per epoch (0: images)."""
         self.test_depth = 0
         self.prefixes: dict[int, list[nn.Module]] = {}
+        self.boundaries: dict[int, nn.Module] = {}
         self.hashes: dict[int, str] = {}
         self.report: dict = {}
 
@@ -248,10 +256,9 @@ class PrefixCache(Callback):
                                   for name in stochastic_layers(module)]
                     if stochastic:
                         return self._refuse(f"dropout/drop path in the frozen stages ({stochastic[0]}; see model.kwargs)")
-            boundaries = {d: boundary_module(backbone, stages[d]) for d in needed if d < len(stages)}
-            activations = capture(backbone, boundaries, images, full=True)
+            activations = capture(backbone, self.boundaries, images, full=True)
             reference = pl_module.head(activations[None])
-            for depth in boundaries:
+            for depth in self.boundaries:
                 try:
                     with passed_through(self.prefixes[depth]):
                         logits = pl_module.head(backbone(activations[depth]))
@@ -267,9 +274,11 @@ class PrefixCache(Callback):
         return True
 
     def prefix_of(self, pl_module, depth: int, starts, ends) -> list[nn.Module]:
+        """The modules that run before stage ``depth`` (and its boundary module, kept in ``boundaries``)."""
         if depth not in self.prefixes:
             backbone = pl_module.backbone
-            self.prefixes[depth] = prefix_modules(backbone, boundary_module(backbone, pl_module.backbone_stages[depth]), starts, ends)
+            self.boundaries[depth] = boundary_module(backbone, pl_module.backbone_stages[depth], starts)
+            self.prefixes[depth] = prefix_modules(backbone, self.boundaries[depth], starts, ends)
         return self.prefixes[depth]
 
     # --- caching ---------------------------------------------------------------------------
@@ -319,7 +328,7 @@ class PrefixCache(Callback):
         """Every missing boundary of ``depths`` in one pass over the split's images, the backbone in eval mode."""
         backbone = pl_module.backbone
         top = len(pl_module.backbone_stages)
-        boundaries = {d: boundary_module(backbone, pl_module.backbone_stages[d]) for d in depths if d < top}
+        boundaries = {d: self.boundaries[d] for d in depths if d < top}
         parts, labels = defaultdict(list), []
         original, was_training = next(backbone.parameters()).device, backbone.training
         backbone.to(device).eval()
@@ -340,7 +349,7 @@ class PrefixCache(Callback):
         datamodule, backbone = trainer.datamodule, pl_module.backbone
         top = len(pl_module.backbone_stages)
         every = sorted({d for depths in depths_by_split.values() for d in depths})
-        boundaries = {d: boundary_module(backbone, pl_module.backbone_stages[d]) for d in every if d < top}
+        boundaries = {d: self.boundaries[d] for d in every if d < top}
         image = torch.as_tensor(images_of(datamodule.train_set)[0][0]).unsqueeze(0)
         was_training = backbone.training
         backbone.eval()
