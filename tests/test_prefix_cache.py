@@ -9,6 +9,7 @@ model it does not reproduce runs uncached; the budgets refuse or skip; a second 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -188,8 +189,19 @@ def test_second_job_loads_from_disk_memory_mapped_over_budget(tmp_path):
                                      frozen_depth=3, cache_memory_mb=0)
     assert all(s["hit"] for s in prefix_cache(second).report["splits"].values())
     assert sorted(p.name for p in (tmp_path / "c").glob("*.pt")) == files
-    features = datamodule.train_set.by_depth[3].features
     assert prefix_cache(second).report["memory_mapped"]
+    assert mapped_file(datamodule.train_set.by_depth[3].features).startswith(str(tmp_path / "c"))  # not in memory
+
+
+def mapped_file(tensor: torch.Tensor) -> str:
+    """The file behind the memory mapping that holds ``tensor``'s data ("" when anonymous memory; Linux)."""
+    address = tensor.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in parts[0].split("-"))
+        if low <= address < high:
+            return parts[5] if len(parts) > 5 else ""
+    return ""
 
 
 def test_frozen_depth_per_epoch_follows_the_plan():

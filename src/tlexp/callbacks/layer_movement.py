@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 
 from tlexp.stages import HEAD, stage_outputs_modules
 
