@@ -181,7 +181,7 @@ def test_prefix_section_pairs_cached_and_uncached_runs():
     assert not depth0["cached"]["enabled"] and depth3["cached"]["enabled"] and gradual["cached"]["enabled"]
     assert depth3["cached"]["cache_mb"] > 0 and positive(depth3["epoch_speedup"], gradual["run_speedup"])
     assert all(len(r[run]["epoch_s"]) == 2 for r in result["rows"] for run in ("uncached", "cached"))
-    assert result["frozen_depth_sweep"]["depths"] == [0]
+    assert result["frozen_depth_sweep"]["depths"] == [0, 3]
     text = report.markdown({"machine": report.machine(settings), "seconds": 1.0, "prefix": result}, settings)
     header = next(line for line in text.splitlines() if line.startswith("| run |"))
     assert header in BENCHMARKS_MD and "### 6. Frozen-prefix cache" in BENCHMARKS_MD

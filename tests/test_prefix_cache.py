@@ -121,17 +121,17 @@ def test_resume_in_the_middle_of_a_gradual_schedule(tmp_path):
 
 
 @pytest.mark.parametrize("model", timm.list_models("test_*"))
-def test_every_timm_family_is_cached_exactly_or_not_at_all(tmp_path, model, caplog):
-    """The pass-through check decides: where it is on, a cached batch gives the uncached logits."""
+def test_every_timm_family_is_cached_exactly_or_refused(tmp_path, model):
+    """The pass-through check decides: where it passes, a cached batch gives the uncached logits."""
     backbone, datamodule = setup(model)
-    module = Partial(backbone, datamodule.num_classes, frozen_depth=1, cache_features="auto", cache_dtype="float32")
+    module = Partial(backbone, datamodule.num_classes, frozen_depth=1, cache_features=True, cache_dtype="float32")
     fitted = trainer(tmp_path, 1, enable_checkpointing=False, limit_train_batches=0, limit_val_batches=0)
-    with caplog.at_level(logging.INFO, logger="tlexp"):
+    try:
         fitted.fit(module, datamodule=datamodule)
-    callback = prefix_cache(fitted)
-    if not callback.enabled:
-        assert "prefix cache off" in caplog.text
+    except InvalidValue as error:
+        assert error.name == "cache_features" and "does not reproduce" in str(error)
         return
+    callback = prefix_cache(fitted)
     module.eval()
     images, _ = datamodule.train_set.images[0]
     datamodule.train_set.select(1)
@@ -150,7 +150,7 @@ def test_cnn_families_are_cached():
         fitted = trainer("/tmp", 1)
         fitted.strategy.connect(module)
         fitted._data_connector.attach_datamodule(module, datamodule=datamodule)
-        assert PrefixCache()._decide(fitted, module), model
+        assert PrefixCache(True)._decide(fitted, module), model
 
 
 def test_refused_or_skipped_where_not_equivalent_or_over_budget(tmp_path, caplog):
@@ -222,3 +222,16 @@ def test_boundary_is_the_first_module_of_the_stage():
     assert boundary_module(backbone, stages[0], starts) is backbone.conv_stem
     assert [boundary_module(backbone, stages[i], starts) for i in range(1, 6)] == list(backbone.blocks)
     assert prefix_modules(backbone, backbone.blocks[4], starts, ends) == [backbone.conv_stem, backbone.bn1, *backbone.blocks[:4]]
+
+
+def test_auto_leaves_out_boundaries_larger_than_the_images(tmp_path, caplog):
+    """At frozen depth 1 (after the stem: 16 x 16 x 16 values per 3 x 32 x 32 image) the cache would hold more than
+    the images and save only the stem's forward: ``auto`` trains on images, ``true`` caches as told."""
+    backbone, datamodule = setup()
+    module = Partial(backbone, datamodule.num_classes, frozen_depth=1)
+    fitted = trainer(tmp_path, 1, enable_checkpointing=False)
+    with caplog.at_level(logging.INFO, logger="tlexp"):
+        fitted.fit(module, datamodule=datamodule)
+    assert not prefix_cache(fitted).enabled and "larger than the images" in caplog.text
+    _, datamodule, forced = run(Partial, tmp_path / "forced", True, epochs=1, frozen_depth=1)
+    assert prefix_cache(forced).depths == [1] and isinstance(datamodule.train_set, EpochInputs)

@@ -271,7 +271,18 @@ class PrefixCache(Callback):
                                         f"{type(backbone).__name__} (its forward works between its modules; {difference})")
         finally:
             pl_module.train(was_training)
-        return True
+        return self._skip_large(activations, images[0].numel())
+
+    def _skip_large(self, activations: dict, image_numel: int) -> bool:
+        """``auto`` leaves out boundaries whose activations are larger than the images (a stem's output): storing
+        them costs more memory than the little work it saves (section 6 of docs/BENCHMARKS.md); those epochs train on images."""
+        large = {d for d in self.boundaries if self.setting == "auto" and activations[d][0].numel() > image_numel}
+        if large:
+            log.info("prefix cache (auto): not at frozen depth %s, whose activations (%s values per image) are larger than "
+                     "the images (%d)", sorted(large), [activations[d][0].numel() for d in sorted(large)], image_numel)
+        self.depths = [0 if d in large else d for d in self.depths]
+        self.test_depth = 0 if self.test_depth in large else self.test_depth
+        return bool(set(self.depths) - {0})
 
     def prefix_of(self, pl_module, depth: int, starts, ends) -> list[nn.Module]:
         """The modules that run before stage ``depth`` (and its boundary module, kept in ``boundaries``)."""
