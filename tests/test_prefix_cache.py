@@ -235,3 +235,17 @@ def test_auto_leaves_out_boundaries_larger_than_the_images(tmp_path, caplog):
     assert not prefix_cache(fitted).enabled and "larger than the images" in caplog.text
     _, datamodule, forced = run(Partial, tmp_path / "forced", True, epochs=1, frozen_depth=1)
     assert prefix_cache(forced).depths == [1] and isinstance(datamodule.train_set, EpochInputs)
+
+
+def test_gradual_computes_only_what_another_job_has_not_stored(tmp_path):
+    """A frozen job of the same sweep stored the pooled features: gradual loads them and computes only its
+    other boundaries, in a pass that stops at the last of them."""
+    cache_dir = str(tmp_path / "c")
+    backbone, datamodule = setup()
+    from tlexp.strategies import Frozen
+    trainer(tmp_path / "frozen", 1, enable_checkpointing=False).fit(
+        Frozen(backbone, datamodule.num_classes, cache_dir=cache_dir), datamodule=datamodule)
+    _, _, fitted = run(Gradual, tmp_path / "gradual", True, cache_dir=cache_dir)
+    splits = prefix_cache(fitted).report["splits"]
+    top = max(int(name.split("@")[1]) for name in splits)
+    assert splits[f"train@{top}"]["hit"] and not splits[f"train@{top - 1}"]["hit"]

@@ -135,14 +135,13 @@ class Capture(Exception):
 @torch.no_grad()
 def capture(backbone: nn.Module, boundaries: dict[int, nn.Module], images: torch.Tensor, full: bool) -> dict[int, torch.Tensor]:
     """Inputs of the ``boundaries`` modules (depth -> tensor) in one forward of ``images``; with ``full`` also
-    the backbone's output (depth ``None``); else the forward stops at the last boundary."""
+    the backbone's output (depth ``None``); else the forward stops once every boundary has been seen."""
     found: dict = {}
-    last = max(boundaries, default=None)
 
     def keep(depth):
         def hook(_, args):
             found.setdefault(depth, args[0].detach())
-            if depth == last and not full:
+            if len(found) == len(boundaries) and not full:  # every boundary seen, whichever ran last
                 raise Capture
         return hook
 
