@@ -221,6 +221,7 @@ class PrefixCache(Callback):
         log.info("prefix cache off (strategy.cache_features=auto): %s", reason)
         return False
 
+    @torch.no_grad()
     def _decide(self, trainer, pl_module) -> bool:
         datamodule, plan = trainer.datamodule, pl_module.plan
         if self.setting is False:
