@@ -212,6 +212,7 @@ class PrefixCache(Callback):
         self.prefixes: dict[int, list[nn.Module]] = {}
         self.boundaries: dict[int, nn.Module] = {}
         self.hashes: dict[int, str] = {}
+        self.numel: dict[int, int] = {}
         self.report: dict = {}
 
     # --- deciding --------------------------------------------------------------------------
@@ -271,6 +272,8 @@ class PrefixCache(Callback):
                                         f"{type(backbone).__name__} (its forward works between its modules; {difference})")
         finally:
             pl_module.train(was_training)
+        # values per image at each boundary (the pooled features at the top): the budget's sizes
+        self.numel = {d: activations[d][0].numel() for d in self.boundaries} | {len(stages): activations[None][0].numel()}
         return self._skip_large(activations, images[0].numel())
 
     def _skip_large(self, activations: dict, image_numel: int) -> bool:
@@ -356,20 +359,10 @@ class PrefixCache(Callback):
         return {"labels": torch.cat(labels), **{d: torch.cat(tensors) for d, tensors in parts.items()}}
 
     def _budget(self, trainer, pl_module, depths_by_split: dict[str, list[int]]) -> bool:
-        """Bytes of every split and boundary, from one image's activations; False (auto) when over ``cache_disk_mb``."""
-        datamodule, backbone = trainer.datamodule, pl_module.backbone
+        """Bytes of every split and boundary, from the per-image sizes ``_decide`` measured; False (auto) when over ``cache_disk_mb``."""
+        datamodule = trainer.datamodule
         top = len(pl_module.backbone_stages)
-        every = sorted({d for depths in depths_by_split.values() for d in depths})
-        boundaries = {d: self.boundaries[d] for d in every if d < top}
-        image = torch.as_tensor(images_of(datamodule.train_set)[0][0]).unsqueeze(0)
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            found = capture(backbone, boundaries, datamodule.normalize(image), top in every)
-        finally:
-            backbone.train(was_training)
-        per_image = {d: found[d].numel() * self.dtype.itemsize for d in boundaries} | (
-            {top: found[None].numel() * 4} if top in every else {})
+        per_image = {d: numel * (4 if d == top else self.dtype.itemsize) for d, numel in self.numel.items()}
         total = 0
         for split, depths in depths_by_split.items():
             dataset = getattr(datamodule, f"{split}_set", None)
