@@ -21,7 +21,7 @@ from tlexp.backbone import create_backbone
 from tlexp.callbacks import EpochSeeder
 from tlexp.data import Synthetic
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache.prefix import EpochInputs, PrefixCache, frozen_depth
+from tlexp.feature_cache.prefix import EpochInputs, PrefixCache
 from tlexp.strategies import Gradual, Partial
 
 SEED = 3
@@ -207,9 +207,9 @@ def mapped_file(tensor: torch.Tensor) -> str:
 def test_frozen_depth_per_epoch_follows_the_plan():
     module = Gradual(create_backbone("test_efficientnet"), 4, unfreeze_every=2)
     stages = len(module.backbone_stages)
-    assert [frozen_depth(module.plan, e) for e in range(5)] == [stages, stages, stages - 1, stages - 1, stages - 2]
+    assert [module.plan.fixed_depth(e) for e in range(5)] == [stages, stages, stages - 1, stages - 1, stages - 2]
     partial = Partial(create_backbone("test_efficientnet"), 4, frozen_depth=2, bn_policy="train")
-    assert frozen_depth(partial.plan, 0) == 0  # BN affine weights train in frozen stages: nothing is fixed
+    assert partial.plan.fixed_depth(0) == 0  # BN affine weights train in frozen stages: nothing is fixed
 
 
 def test_boundary_is_the_first_module_of_the_stage():

@@ -84,6 +84,16 @@ class FreezePlan:
             depth += 1
         return depth
 
+    def fixed_depth(self, epoch: int) -> int:
+        """How many backbone stages, from the input, are left entirely unchanged in ``epoch`` (their BN
+        affine weights included): the part whose output the prefix cache may compute once."""
+        depth = 0
+        for name in self.backbone_stages:
+            if self.trains(name, epoch, batchnorm=True):
+                break
+            depth += 1
+        return depth
+
     def trainable_params(self, epoch: int = 0) -> int:
         return sum(self.sizes[name] for name in self.trainable(epoch))
 

@@ -236,7 +236,7 @@ class PrefixCache(Callback):
         if getattr(pl_module.backbone, "_compiled_call_impl", None) is not None:
             return self._refuse("trainer.compile=true compiles the backbone's forward as one graph")
         stages = pl_module.backbone_stages
-        self.depths = [frozen_depth(plan, epoch) for epoch in range(trainer.max_epochs)]
+        self.depths = [plan.fixed_depth(epoch) for epoch in range(trainer.max_epochs)]
         self.test_depth = min(self.depths, default=0)
         needed = sorted(set(self.depths) - {0})
         if not needed:
@@ -431,13 +431,3 @@ class PrefixCache(Callback):
     def teardown(self, trainer, pl_module, stage):
         """After the stage the module takes images again (e.g. ``module(images)`` for inference)."""
         self._use(trainer, pl_module, 0)
-
-
-def frozen_depth(plan, epoch: int) -> int:
-    """How many backbone stages, from the input, do not train in ``epoch``."""
-    depth = 0
-    for name in plan.backbone_stages:
-        if plan.trains(name, epoch, batchnorm=True):
-            break
-        depth += 1
-    return depth
