@@ -34,13 +34,13 @@ class SignalAt(Callback):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_epoch_then_resume_equals_uninterrupted(tmp_path, signum):
     epochs = 4
-    datamodule, module = build(Gradual, unfreeze_every=1)
+    datamodule, module = build(Gradual, unfreeze_every=1, head_dropout=0.1)
     trainer(epochs, tmp_path / "a").fit(module, datamodule=datamodule)
     uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
 
     steps_per_epoch = len(datamodule.train_dataloader())
     stop_at = steps_per_epoch + 2  # in the middle of the second epoch, after blocks.4 unfroze
-    datamodule, module = build(Gradual, unfreeze_every=1)
+    datamodule, module = build(Gradual, unfreeze_every=1, head_dropout=0.1)
     interruption = Interruption(tmp_path / "ckpt")
     with pytest.raises(Interrupted) as stopped:
         trainer(epochs, tmp_path / "b", [SignalAt(stop_at, signum), interruption]).fit(module, datamodule=datamodule)
@@ -49,7 +49,7 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(tmp_path, signum):
     checkpoint = tmp_path / "ckpt" / "interrupted.ckpt"
     assert checkpoint.is_file()
 
-    datamodule, resumed = build(Gradual, unfreeze_every=1, seed=7 + 1)  # every value must come from the checkpoint
+    datamodule, resumed = build(Gradual, unfreeze_every=1, head_dropout=0.1, seed=7 + 1)  # every value must come from the checkpoint
     datamodule.seed, datamodule.train_set = 7, None
     datamodule.setup()
     trainer(epochs, tmp_path / "c").fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)

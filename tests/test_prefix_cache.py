@@ -249,3 +249,23 @@ def test_gradual_computes_only_what_another_job_has_not_stored(tmp_path):
     splits = prefix_cache(fitted).report["splits"]
     top = max(int(name.split("@")[1]) for name in splits)
     assert splits[f"train@{top}"]["hit"] and not splits[f"train@{top - 1}"]["hit"]
+
+
+def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path):
+    """A cached gradual run stopped by Ctrl-C in the middle of an epoch, resumed by the same command: the
+    activations computed at the resume must not disturb the RNG streams the epoch continues with."""
+    from test_interruption import SignalAt
+    from tlexp.callbacks import Interrupted, Interruption
+
+    uninterrupted, datamodule, _ = run(Gradual, tmp_path / "a", True)
+    stop_at = len(datamodule.train_dataloader()) + 1  # in the second epoch
+    backbone, datamodule = setup()
+    first = Gradual(backbone, datamodule.num_classes, cache_features=True, cache_dtype="float32", head_dropout=0.1)
+    with pytest.raises(Interrupted):
+        trainer(tmp_path / "b", 4, enable_checkpointing=False,
+                callbacks=[SignalAt(stop_at), Interruption(tmp_path / "ckpt")]).fit(first, datamodule=datamodule)
+    backbone, datamodule = setup()
+    resumed = Gradual(backbone, datamodule.num_classes, cache_features=True, cache_dtype="float32", head_dropout=0.1)
+    trainer(tmp_path / "c", 4, enable_checkpointing=False).fit(resumed, datamodule=datamodule,
+                                                              ckpt_path=tmp_path / "ckpt" / "interrupted.ckpt")
+    assert_same_weights(uninterrupted, resumed, rtol=0, atol=0)

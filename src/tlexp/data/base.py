@@ -234,8 +234,11 @@ class TransferDataModule(L.LightningDataModule):
     def _loader(self, dataset, sampler=None) -> DataLoader:
         # inputs that switch with the epoch (tlexp.feature_cache.prefix): workers would keep a stale copy
         workers = 0 if getattr(dataset, "switches_inputs", False) else self.workers(dataset)
+        # its own generator: starting an iterator draws a seed, and a draw from the global RNG would make the
+        # epoch's dropout and augmentation depend on when Lightning starts it (earlier after a resume)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         """Each epoch's order is a function of (seed, epoch), also for every DDP rank; after a

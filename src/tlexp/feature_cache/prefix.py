@@ -172,7 +172,8 @@ class EpochInputs(Dataset):
     ``select(depth)`` switches them (the callback, at each epoch's start, before the loaders iterate), so the
     loaders need not be rebuilt; its loaders run without worker processes, which would keep a stale copy
     (``switches_inputs``). The activations are computed or loaded by ``build`` at the first ``select``: after
-    Lightning has restored a checkpoint's weights."""
+    Lightning has restored a checkpoint's weights, and without drawing from the RNG (a loader draws its seed), so
+    an epoch resumed mid-way continues with the checkpoint's streams."""
 
     switches_inputs = True
 
@@ -182,7 +183,8 @@ class EpochInputs(Dataset):
 
     def select(self, depth: int) -> None:
         if self.by_depth is None:
-            self.by_depth = self.build()
+            with torch.random.fork_rng(devices=[]):
+                self.by_depth = self.build()
         self.active = self.by_depth.get(depth, self.images)
 
     def __len__(self):
