@@ -49,20 +49,29 @@ class FeatureDataset(TensorDataset):
 
 
 @torch.no_grad()
-def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_size: int = 256,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features N x F float32, labels N) of ``dataset``, the backbone in eval mode, in batches."""
-    was_training = backbone.training
-    backbone.eval()
-    features, labels = [], []
+def encode_in_batches(backbone: nn.Module, dataset: Dataset, normalize, encode, batch_size: int = 256,
+                      device: torch.device | str = "cpu") -> tuple[list, torch.Tensor]:
+    """``encode(normalized batch)`` of every batch of ``dataset`` in order, and the labels: the one pass both caches
+    compute with (pooled features here, the frozen prefix's activations in ``prefix``). The backbone runs in eval
+    mode on ``device``; its mode and device are restored after."""
+    original, was_training = next(backbone.parameters()).device, backbone.training
+    backbone.to(device).eval()
+    outputs, labels = [], []
     try:
         for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            images = normalize(images.to(device, non_blocking=True))
-            features.append(backbone(images).float().cpu())
+            outputs.append(encode(normalize(images.to(device, non_blocking=True))))
             labels.append(targets)
     finally:
-        backbone.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+        backbone.to(original).train(was_training)
+    return outputs, torch.cat(labels)
+
+
+def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_size: int = 256,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features N x F float32, labels N) of ``dataset``."""
+    features, labels = encode_in_batches(backbone, dataset, normalize, lambda images: backbone(images).float().cpu(),
+                                         batch_size, device)
+    return torch.cat(features), labels
 
 
 def image_dataset(datamodule, split: str, weights: str) -> Dataset | None:

@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tlexp.errors import InvalidValue
 from tlexp.feature_cache import store
-from tlexp.feature_cache.dataset import FeatureDataset
+from tlexp.feature_cache.dataset import FeatureDataset, encode_in_batches
 from tlexp.feature_cache.key import _digest, cache_key, key_fields, weights_hash
 from tlexp.feature_cache.rules import check_setting, resolve, stochastic_layers
 
@@ -339,26 +339,18 @@ class PrefixCache(Callback):
         self.report["seconds"] = self.report.get("seconds", 0.0) + seconds
         return {d: FeatureDataset(*loaded[d], key=keys[d], source=dataset, weights=self.hashes.get(d, whole)) for d in depths}
 
-    @torch.no_grad()
     def _compute(self, pl_module, datamodule, dataset, depths: list[int], device) -> dict:
-        """Every missing boundary of ``depths`` in one pass over the split's images, the backbone in eval mode."""
-        backbone = pl_module.backbone
-        top = len(pl_module.backbone_stages)
+        """Every missing boundary of ``depths`` in one pass over the split's images."""
+        backbone, top = pl_module.backbone, len(pl_module.backbone_stages)
         boundaries = {d: self.boundaries[d] for d in depths if d < top}
-        parts, labels = defaultdict(list), []
-        original, was_training = next(backbone.parameters()).device, backbone.training
-        backbone.to(device).eval()
-        try:
-            for images, targets in DataLoader(dataset, batch_size=max(datamodule.batch_size, 256), shuffle=False):
-                found = capture(backbone, boundaries, datamodule.normalize(images.to(device, non_blocking=True)), top in depths)
-                for d in boundaries:
-                    parts[d].append(found[d].to(self.dtype).cpu())
-                if top in depths:
-                    parts[top].append(found[None].float().cpu())
-                labels.append(targets)
-        finally:
-            backbone.to(original).train(was_training)
-        return {"labels": torch.cat(labels), **{d: torch.cat(tensors) for d, tensors in parts.items()}}
+
+        def encode(images):
+            found = capture(backbone, boundaries, images, top in depths)
+            return {d: (found[d].to(self.dtype) if d in boundaries else found[None].float()).cpu() for d in depths}
+
+        outputs, labels = encode_in_batches(backbone, dataset, datamodule.normalize, encode,
+                                            max(datamodule.batch_size, 256), device)
+        return {"labels": labels, **{d: torch.cat([batch[d] for batch in outputs]) for d in depths}}
 
     def _budget(self, trainer, pl_module, depths_by_split: dict[str, list[int]]) -> bool:
         """Bytes of every split and boundary, from the per-image sizes ``_decide`` measured; False (auto) when over ``cache_disk_mb``."""
