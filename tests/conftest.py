@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,14 @@ def compose_config(*overrides: str, base=TINY):
     """The real config from conf/, composed with ``base`` + ``overrides`` (no Hydra runtime)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
         return compose(config_name="config", overrides=merge_overrides(*overrides, base=base))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_not_ignored():
+    """A suite started in the background (``make test &``) inherits SIGINT ignored, and so would the train.py
+    it starts; the tests that press Ctrl-C need it delivered, as it is in a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import hydra
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
 from test_finetuning import build, trainer
@@ -138,3 +141,21 @@ def test_job_killed_without_a_word_resumes_from_its_last_checkpoint(tmp_path):
     resumed = read_json(job_dir / "result.json")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
     assert "resuming the interrupted job" in again.stdout and summary["counts"]["completed"] == 1
+
+
+class StalledValAcc(BoringModel):
+    """val/acc the same every epoch: no epoch after the first improves it."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", 0.5)
+
+
+def test_last_checkpoint_holds_the_last_epoch_also_when_val_acc_stalls(cfg, tmp_path):
+    """A job killed without a word resumes from last.ckpt: it must hold the last finished epoch, not the last
+    epoch that improved val/acc (what Lightning 2.6's save_last keeps)."""
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c]
+    L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+              enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks).fit(StalledValAcc())
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch000-val_acc0.5000.ckpt", "last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 2
