@@ -349,7 +349,7 @@ class PrefixCache(Callback):
             return {d: (found[d].to(self.dtype) if d in boundaries else found[None].float()).cpu() for d in depths}
 
         outputs, labels = encode_in_batches(backbone, dataset, datamodule.normalize, encode,
-                                            max(datamodule.batch_size, 256), device)
+                                            datamodule.batch_size, device)
         return {"labels": labels, **{d: torch.cat([batch[d] for batch in outputs]) for d in depths}}
 
     def _budget(self, trainer, pl_module, depths_by_split: dict[str, list[int]]) -> bool:
