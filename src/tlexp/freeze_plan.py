@@ -74,25 +74,20 @@ class FreezePlan:
     def backbone_stages(self) -> tuple[str, ...]:
         return self.stages[:-1]
 
+    def _leading_untrained(self, epoch: int, batchnorm: bool) -> int:
+        """How many backbone stages, counted from the input, do not train in ``epoch``."""
+        stages = self.backbone_stages
+        return next((i for i, name in enumerate(stages) if self.trains(name, epoch, batchnorm)), len(stages))
+
     @property
     def frozen_depth(self) -> int:
         """How many backbone stages, counted from the input, are frozen in the first epoch."""
-        depth = 0
-        for name in self.backbone_stages:
-            if self.start[name] == 0:
-                break
-            depth += 1
-        return depth
+        return self._leading_untrained(0, batchnorm=False)
 
     def fixed_depth(self, epoch: int) -> int:
         """How many backbone stages, from the input, are left entirely unchanged in ``epoch`` (their BN
         affine weights included): the part whose output the prefix cache may compute once."""
-        depth = 0
-        for name in self.backbone_stages:
-            if self.trains(name, epoch, batchnorm=True):
-                break
-            depth += 1
-        return depth
+        return self._leading_untrained(epoch, batchnorm=True)
 
     def trainable_params(self, epoch: int = 0) -> int:
         return sum(self.sizes[name] for name in self.trainable(epoch))
