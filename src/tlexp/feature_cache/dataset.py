@@ -49,18 +49,20 @@ class FeatureDataset(TensorDataset):
 
 
 @torch.no_grad()
-def encode_in_batches(backbone: nn.Module, dataset: Dataset, normalize, encode, batch_size: int = 64,
-                      device: torch.device | str = "cpu") -> tuple[list, torch.Tensor]:
+def encode_in_batches(backbone: nn.Module, dataset: Dataset, normalize, encode, batch_size: int,
+                      device: torch.device | str) -> tuple[list, torch.Tensor]:
     """``encode(normalized batch)`` of every batch of ``dataset`` in order, and the labels: the one pass both caches
     compute with (pooled features here, the frozen prefix's activations in ``prefix``). The backbone runs in eval
     mode on ``device``; its mode and device are restored after. The caches pass the training batch size: bigger
     batches are no faster, on the CPU slower (the high-resolution stages' activations outgrow the caches:
-    EfficientNet-Lite0's first three stages at 64 px took 2.2x as long in batches of 256 as of 64)."""
+    EfficientNet-Lite0's first three stages at 64 px took 2.2x as long in batches of 256 as of 64). The loader has
+    its own generator: the prefix cache runs this after a resume has restored the RNG streams, which it must not
+    draw from."""
     original, was_training = next(backbone.parameters()).device, backbone.training
     backbone.to(device).eval()
     outputs, labels = [], []
     try:
-        for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
             outputs.append(encode(normalize(images.to(device, non_blocking=True))))
             labels.append(targets)
     finally:
@@ -99,42 +101,33 @@ def cache_datamodule(backbone: nn.Module, datamodule, cache_dir: str | Path | No
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else None
     weights = weights_hash(backbone)
-    original_device = next(backbone.parameters()).device
-    moved = False
     report = {}
-    try:
-        for split in splits:
-            dataset = image_dataset(datamodule, split, weights)
-            if dataset is None:
-                continue
-            started = time.perf_counter()
-            fields = key_fields(backbone, datamodule, split, weights, dataset)
-            key = cache_key(fields)
-            path = cache_dir / f"{key}.pt" if cache_dir else None
-            # a split that is another split's dataset (no test split: test on val) reuses its features
-            done = [getattr(datamodule, f"{s}_set", None) for s in SPLITS]
-            same = next(((f.features, f.labels) for f in done if isinstance(f, FeatureDataset)
-                         and f.source() is dataset and f.weights == weights), None)
-            loaded = same or (store.load(path, key) if path else None)
-            hit = loaded is not None
-            if not hit:
-                with store.computing(path):
-                    # another job may have stored the file while this one waited for the lock
-                    loaded = store.load(path, key) if path else None
-                    hit = loaded is not None
-                    if not hit:
-                        if not moved:
-                            backbone.to(device)
-                            moved = True
-                        loaded = compute_features(backbone, dataset, datamodule.normalize,
-                                                  batch_size or datamodule.batch_size, device)
-                        if path:
-                            store.save(path, {"key": key, "fields": fields, "features": loaded[0], "labels": loaded[1]})
-            setattr(datamodule, f"{split}_set", FeatureDataset(*loaded, key=key, source=dataset, weights=weights))
-            report[split] = {"key": key, "hit": hit, "seconds": time.perf_counter() - started, "path": str(path) if path else None}
-            log.info("feature cache %s: %s %d x %d (%s, %.2f s)", split, "loaded" if hit else "computed",
-                     *loaded[0].shape, path or "in memory", report[split]["seconds"])
-    finally:
-        if moved:
-            backbone.to(original_device)
+    for split in splits:
+        dataset = image_dataset(datamodule, split, weights)
+        if dataset is None:
+            continue
+        started = time.perf_counter()
+        fields = key_fields(backbone, datamodule, split, weights, dataset)
+        key = cache_key(fields)
+        path = cache_dir / f"{key}.pt" if cache_dir else None
+        # a split that is another split's dataset (no test split: test on val) reuses its features
+        done = [getattr(datamodule, f"{s}_set", None) for s in SPLITS]
+        same = next(((f.features, f.labels) for f in done if isinstance(f, FeatureDataset)
+                     and f.source() is dataset and f.weights == weights), None)
+        loaded = same or (store.load(path, key) if path else None)
+        hit = loaded is not None
+        if not hit:
+            with store.computing(path):
+                # another job may have stored the file while this one waited for the lock
+                loaded = store.load(path, key) if path else None
+                hit = loaded is not None
+                if not hit:
+                    loaded = compute_features(backbone, dataset, datamodule.normalize,
+                                              batch_size or datamodule.batch_size, device)
+                    if path:
+                        store.save(path, {"key": key, "fields": fields, "features": loaded[0], "labels": loaded[1]})
+        setattr(datamodule, f"{split}_set", FeatureDataset(*loaded, key=key, source=dataset, weights=weights))
+        report[split] = {"key": key, "hit": hit, "seconds": time.perf_counter() - started, "path": str(path) if path else None}
+        log.info("feature cache %s: %s %d x %d (%s, %.2f s)", split, "loaded" if hit else "computed",
+                 *loaded[0].shape, path or "in memory", report[split]["seconds"])
     return report

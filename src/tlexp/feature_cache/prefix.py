@@ -172,8 +172,8 @@ class EpochInputs(Dataset):
     ``select(depth)`` switches them (the callback, at each epoch's start, before the loaders iterate), so the
     loaders need not be rebuilt; its loaders run without worker processes, which would keep a stale copy
     (``switches_inputs``). The activations are computed or loaded by ``build`` at the first ``select``: after
-    Lightning has restored a checkpoint's weights, and without drawing from the RNG (a loader draws its seed), so
-    an epoch resumed mid-way continues with the checkpoint's streams."""
+    Lightning has restored a checkpoint's weights, and without drawing from the RNG (``encode_in_batches``), so an
+    epoch resumed mid-way continues with the checkpoint's streams."""
 
     switches_inputs = True
 
@@ -183,8 +183,7 @@ class EpochInputs(Dataset):
 
     def select(self, depth: int) -> None:
         if self.by_depth is None:
-            with torch.random.fork_rng(devices=[]):
-                self.by_depth = self.build()
+            self.by_depth = self.build()
         self.active = self.by_depth.get(depth, self.images)
 
     def __len__(self):
@@ -276,15 +275,15 @@ class PrefixCache(Callback):
             pl_module.train(was_training)
         # values per image at each boundary (the pooled features at the top): the budget's sizes
         self.numel = {d: activations[d][0].numel() for d in self.boundaries} | {len(stages): activations[None][0].numel()}
-        return self._skip_large(activations, images[0].numel())
+        return self._skip_large(images[0].numel())
 
-    def _skip_large(self, activations: dict, image_numel: int) -> bool:
+    def _skip_large(self, image_numel: int) -> bool:
         """``auto`` leaves out boundaries whose activations are larger than the images (a stem's output): storing
         them costs more memory than the little work it saves (section 6 of docs/BENCHMARKS.md); those epochs train on images."""
-        large = {d for d in self.boundaries if self.setting == "auto" and activations[d][0].numel() > image_numel}
+        large = {d for d in self.boundaries if self.setting == "auto" and self.numel[d] > image_numel}
         if large:
             log.info("prefix cache (auto): not at frozen depth %s, whose activations (%s values per image) are larger than "
-                     "the images (%d)", sorted(large), [activations[d][0].numel() for d in sorted(large)], image_numel)
+                     "the images (%d)", sorted(large), [self.numel[d] for d in sorted(large)], image_numel)
         self.depths = [0 if d in large else d for d in self.depths]
         self.test_depth = 0 if self.test_depth in large else self.test_depth
         return bool(set(self.depths) - {0})
