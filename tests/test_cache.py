@@ -81,7 +81,7 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
         heads.append({k: v.clone() for k, v in module.head.state_dict().items()})
         # the best checkpoint holds the whole model and tests on the cached test features
         best = trainer.checkpoint_callback.best_model_path if cache else None
-        assert not best or any(k.startswith("backbone.") for k in torch.load(best, weights_only=False)["state_dict"])
+        assert not best or any(k.startswith("backbone.") for k in torch.load(best, weights_only=True)["state_dict"])
         tests.append(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"])
     for name in heads[0]:
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-5, atol=1e-6)

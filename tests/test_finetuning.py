@@ -150,7 +150,7 @@ def test_resume_after_unfreeze_milestone_matches_uninterrupted_run(tmp_path):
     uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
     # epoch index 1 has unfrozen the top stage: resume from the end of it
     checkpoint = tmp_path / "ckpt" / "epoch=1.ckpt"
-    assert torch.load(checkpoint, weights_only=False)["callbacks"]["FineTuning"]["unfrozen"] == ["blocks.4", "head"]
+    assert torch.load(checkpoint, weights_only=True)["callbacks"]["FineTuning"]["unfrozen"] == ["blocks.4", "head"]
     datamodule, resumed = build(Gradual, unfreeze_every=1, head_dropout=0.1, seed=SEED + 1)  # different init: all must come from the checkpoint
     datamodule.seed = SEED
     datamodule.train_set = None
@@ -178,7 +178,7 @@ def test_resume_from_a_checkpoint_without_a_plan_continues_with_a_warning(tmp_pa
     datamodule, module = build(Gradual, unfreeze_every=1)
     trainer(1, tmp_path, [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]).fit(module, datamodule=datamodule)
     old = tmp_path / "old.ckpt"
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     del state["callbacks"]["FineTuning"]["plan"]
     torch.save(state, old)
     datamodule, resumed = build(Gradual, unfreeze_every=1)

@@ -70,7 +70,7 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _weights(checkpoint: Path) -> dict:
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
 RUN = ("strategy=gradual", "trainer.max_epochs=12", "data.train_per_class=128", "seed=3")
@@ -158,4 +158,4 @@ def test_last_checkpoint_holds_the_last_epoch_also_when_val_acc_stalls(cfg, tmp_
               enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks).fit(StalledValAcc())
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch000-val_acc0.5000.ckpt", "last.ckpt"]
-    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 2

@@ -51,7 +51,7 @@ def test_teacher_gives_the_soft_targets_and_never_moves(tmp_path, teacher_run):
     teacher = student.teacher.model
     before = state(teacher)
     record = read_json(teacher_run / "result.json")
-    saved = torch.load(record["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(record["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], saved[k]) for k in saved) and before.keys() == saved.keys()
     assert not any(p is q for p in student.parameters() for q in teacher.parameters())
     assert sum(p.numel() for p in student.parameters()) == sum(s.numel for s in student.stages)

@@ -31,6 +31,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tlexp import config
 from tlexp.feature_cache.dataset import compute_features
+from tlexp.inference import inference_pass
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.stages import HEAD, split_stages
 from tlexp.train import CONFIG_DIR
@@ -66,7 +67,6 @@ def gaussian_divergence(mean_a, var_a, mean_b, var_b) -> torch.Tensor:
     return (forward + backward) / 2
 
 
-@torch.no_grad()
 def domain_distance(backbone: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Per stage: the mean divergence of the target statistics at its BatchNorm inputs from their running
     statistics (empty for a backbone without BatchNorm, e.g. a ViT)."""
@@ -81,13 +81,11 @@ def domain_distance(backbone: nn.Module, images: torch.Tensor) -> dict[str, floa
 
     stages = [s for s in split_stages(backbone, nn.Identity()) if s.name != HEAD]
     hooks = [bn.register_forward_pre_hook(record) for s in stages for bn in s.batchnorms if bn.track_running_stats]
-    was_training = backbone.training
-    backbone.eval()
     try:
-        for batch in images.split(128):
-            backbone(batch)
+        with inference_pass(backbone):
+            for batch in images.split(128):
+                backbone(batch)
     finally:
-        backbone.train(was_training)
         for hook in hooks:
             hook.remove()
     distance = {}

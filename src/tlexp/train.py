@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
 from tlexp.results import DONE_STATUSES, RunRecord, Status, read_result, write_result
 from tlexp.strategies import STRATEGIES
+from tlexp.trusted_files import refusal
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -103,7 +105,11 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
         logger.log_hyperparams(hparams)
     started = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:  # weights_only: a checkpoint from elsewhere (ckpt_path=, a copied run directory) cannot run code
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ConfigError("ckpt_path", str(ckpt_path), "a checkpoint of tensors and plain values (one tlexp wrote)",
+                              str(refusal(ckpt_path, "checkpoint", error))) from None
     record.fit_seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     record.val_acc_final = metrics.get("val/acc")
@@ -113,7 +119,7 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False):  # 2: target_domain
+        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):  # 2: target_domain
             metrics.update({k: float(v) for k, v in test_metrics.items()})
         record.test_acc = metrics.get("test/acc")
         record.target_test_acc = metrics.get("test/target_acc")

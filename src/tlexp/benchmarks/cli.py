@@ -13,6 +13,7 @@ from tlexp.benchmarks.cache import section_cache
 from tlexp.benchmarks.common import Settings, configure
 from tlexp.benchmarks.depths import section_depths
 from tlexp.benchmarks.gradual import section_gradual
+from tlexp.benchmarks.memory import section_memory
 from tlexp.benchmarks.pipeline import section_pipeline
 from tlexp.benchmarks.prefix import section_prefix
 from tlexp.benchmarks.report import machine, markdown
@@ -45,7 +46,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--pipeline-images", type=int, default=DEFAULT.pipeline_images, help="images of the generated folder (section 5)")
     parser.add_argument("--pipeline-source-size", type=int, default=DEFAULT.pipeline_source_size, help="their size on disk, px")
     parser.add_argument("--large-folder", type=int, default=DEFAULT.large_folder, help="also measure peak memory over a folder of this many images (e.g. 100000)")
-    parser.add_argument("--sections", default=DEFAULT.sections, help="comma-separated: throughput,cache,gradual,sweep,pipeline,prefix")
+    parser.add_argument("--memory-sizes", default=DEFAULT.memory_sizes, help="unlabeled-set sizes of section 7, comma-separated (all: the whole pool)")
+    parser.add_argument("--sections", default=DEFAULT.sections, help="comma-separated: throughput,cache,gradual,sweep,pipeline,prefix,memory")
     parser.add_argument("--json", default=DEFAULT.json, help="also write all numbers to this file")
     return Settings(**vars(parser.parse_args(argv)))
 
@@ -75,6 +77,9 @@ def run(settings: Settings) -> dict:
     if "prefix" in sections:
         print("6. frozen-prefix cache: partial per frozen depth, gradual", flush=True)
         results["prefix"] = section_prefix(settings)
+    if "memory" in sections:
+        print("7. memory of the passes over a whole data set", flush=True)
+        results["memory"] = section_memory(settings)
     results["seconds"] = time.perf_counter() - started
     return results
 

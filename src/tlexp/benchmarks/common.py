@@ -39,7 +39,7 @@ class Settings:
     val_size: int = 64
     probe_steps: int = 6
     sweep_logger: str = "wandb"
-    sections: str = "throughput,cache,gradual,sweep,pipeline,prefix"
+    sections: str = "throughput,cache,gradual,sweep,pipeline,prefix,memory"
     json: str | None = None
     model: str = MODEL
     tiny_model: str = "test_efficientnet"
@@ -48,6 +48,8 @@ class Settings:
     tiny_warmup: int = 10
     pipeline_images: int = 2000
     pipeline_source_size: int = 96
+    memory_sizes: str = "2000,20000,all"
+    """Unlabeled-set sizes of the whole-data-set passes' memory (section 7); ``all``: the whole pool."""
     large_folder: int = 0
     """Images of the generated folder whose peak memory section 5 measures (0: not measured; 100000 in docs)."""
 

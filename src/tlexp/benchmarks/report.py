@@ -32,7 +32,7 @@ def markdown(results: dict, settings: Settings) -> str:
              f"timm {m['timm']}, Python {m['python']}; load average at start {m['load_average'][0]:.1f}.",
              f"Data: {settings.data}, {settings.image_size} px, batch {settings.batch_size}. Total benchmark time {results['seconds']:.0f} s.", ""]
     for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep), ("pipeline", _pipeline),
-                          ("prefix", _prefix)):
+                          ("prefix", _prefix), ("memory", _memory)):
         if section in results:
             lines += write(results, settings)
     return "\n".join(lines)
@@ -121,3 +121,15 @@ def _prefix(results: dict, settings: Settings) -> list[str]:
     s = p["frozen_depth_sweep"]
     return lines + ["", f"`frozen_depth_sweep` (partial at depths {', '.join(map(str, s['depths']))}): {s['uncached']:.0f} s uncached, "
                     f"{s['cached']:.0f} s cached ({s['speedup']:.2f}x), the runs' sum.", ""]
+
+
+def _memory(results: dict, settings: Settings) -> list[str]:
+    rows = results["memory"]["rows"]
+    lines = ["### 7. Memory of the passes over a whole data set", "",
+             "Resident memory sampled every 5 ms during the pass; kept = growth during the pass minus the bytes it returns.", "",
+             "| pass | images | before (MB) | peak (MB) | growth (MB) | returned (MB) | kept (MB) | s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['pass']} | {r['images']:,} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | {r['growth_mb']:.0f} | "
+              f"{r['returned_mb']:.1f} | {r['kept_mb']:.0f} | {r['seconds']:.0f} |"
+              for r in rows]
+    return lines + [""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from tlexp.inference import inference_pass
 from tlexp.stages import HEAD, stage_outputs_modules
 
 
@@ -57,9 +58,9 @@ class LayerMovement(Callback):
             return
         self.images = images
         self.start = {s.name: [p.detach().cpu().clone() for p in s.params] for s in pl_module.stages if s.name != HEAD}
-        self.features = self._stage_features(pl_module)
+        self.features = self._stage_features(pl_module, datamodule.normalize)
 
-    def _stage_features(self, pl_module) -> dict[str, torch.Tensor]:
+    def _stage_features(self, pl_module, normalize) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
         hooks = []
         for stage in pl_module.stages:
@@ -73,21 +74,18 @@ class LayerMovement(Callback):
                 def keep(_, __, output, name=stage.name):
                     outputs[name] = (output[0] if isinstance(output, (tuple, list)) else output).detach().float().cpu()
                 hooks.append(module.register_forward_hook(keep))
-        was_training = pl_module.training
-        pl_module.eval()
         try:
-            with torch.no_grad():
-                pl_module.backbone(pl_module.trainer.datamodule.normalize(self.images.to(pl_module.device)))
+            with inference_pass(pl_module):
+                pl_module.backbone(normalize(self.images.to(pl_module.device)))
         finally:
             for hook in hooks:
                 hook.remove()
-            pl_module.train(was_training)
         return outputs
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not self.start or trainer.sanity_checking:
             return
-        now = self._stage_features(pl_module)
+        now = self._stage_features(pl_module, trainer.datamodule.normalize)
         values = {}
         for stage in pl_module.stages:
             if stage.name in self.start:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tlexp.feature_cache import store
 from tlexp.feature_cache.key import cache_key, key_fields, weights_hash
+from tlexp.inference import inference_pass
 
 log = logging.getLogger("tlexp")
 
@@ -48,26 +49,26 @@ class FeatureDataset(TensorDataset):
         return CachedFeatures(self.features[index], self.labels[index])
 
 
-@torch.no_grad()
 def encode_in_batches(backbone: nn.Module, dataset: Dataset, normalize, encode, batch_size: int,
                       device: torch.device | str) -> tuple[list, torch.Tensor]:
     """``encode(normalized batch)`` of every batch of ``dataset`` in order, and the labels: the one pass both caches
-    compute with (pooled features here, the frozen prefix's activations in ``prefix``). The backbone runs in eval
-    mode on ``device``; its mode and device are restored after. The caches pass the training batch size: bigger
+    compute with (pooled features here, the frozen prefix's activations in ``prefix``). The backbone runs in an
+    ``inference_pass`` (eval mode, no autograd) on ``device``; its modes and device are restored after. The caches pass the training batch size: bigger
     batches are no faster, on the CPU slower (the high-resolution stages' activations outgrow the caches:
     EfficientNet-Lite0's first three stages at 64 px took 2.2x as long in batches of 256 as of 64). The loader has
     its own generator: the prefix cache runs this after a resume has restored the RNG streams, which it must not
     draw from."""
-    original, was_training = next(backbone.parameters()).device, backbone.training
-    backbone.to(device).eval()
+    original = next(backbone.parameters()).device
     outputs, labels = [], []
     try:
-        for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
-            outputs.append(encode(normalize(images.to(device, non_blocking=True))))
-            labels.append(targets)
+        with inference_pass(backbone.to(device)):
+            for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
+                outputs.append(encode(normalize(images.to(device, non_blocking=True))))
+                labels.append(targets)
+            labels = torch.cat(labels)
     finally:
-        backbone.to(original).train(was_training)
-    return outputs, torch.cat(labels)
+        backbone.to(original)
+    return outputs, labels
 
 
 def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_size: int = 64,
@@ -75,7 +76,8 @@ def compute_features(backbone: nn.Module, dataset: Dataset, normalize, batch_siz
     """(features N x F float32, labels N) of ``dataset``."""
     features, labels = encode_in_batches(backbone, dataset, normalize, lambda images: backbone(images).float().cpu(),
                                          batch_size, device)
-    return torch.cat(features), labels
+    with inference_pass():  # plain tensors also when called inside inference mode
+        return torch.cat(features), labels
 
 
 def image_dataset(datamodule, split: str, weights: str) -> Dataset | None:

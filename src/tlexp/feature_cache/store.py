@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from tlexp.trusted_files import load_tensors
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock, see the module docstring
@@ -46,10 +48,10 @@ def load(path: Path, key: str, mmap: bool = False) -> tuple[torch.Tensor, torch.
     """(features, labels) stored at ``path`` under ``key``; None when missing, unreadable or another key's.
     ``mmap``: the tensors stay on disk, paged in as they are read (caches larger than memory)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        payload = load_tensors(path, "feature cache file", mmap=mmap)
     except FileNotFoundError:
         return None
-    except Exception as error:  # a corrupt or foreign file: compute again and overwrite it
+    except Exception as error:  # a corrupt, foreign or untrusted file (UntrustedFile): compute again and overwrite it
         log.warning("feature cache: ignoring unreadable %s (%s)", path, error)
         return None
     if payload.get("key") != key:

@@ -13,13 +13,13 @@ from pathlib import Path
 import hydra
 import timm
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
 from tlexp.results import read_result
 from tlexp.strategies.soft_targets import FrozenModel, soft_target_kl
+from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
 TEACHER = "a finished tlexp run directory (its best checkpoint) or a .ckpt file inside one"
 
@@ -49,10 +49,13 @@ def load_teacher(source: str, num_classes: int) -> nn.Module:
     Built as the run built it (its ``model`` and ``strategy`` nodes) but without loading pretrained
     weights, which the checkpoint replaces; a run on other classes is refused."""
     run_dir, checkpoint = _run_and_checkpoint(source)
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    try:  # someone else's run: neither its config nor its checkpoint may run code
+        cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
+        state = load_tensors(checkpoint, "teacher checkpoint")["state_dict"]
+    except UntrustedFile as error:
+        raise InvalidValue("teacher", source, TEACHER, str(error)) from None
     backbone = hydra.utils.instantiate(cfg.model, pretrained=False, weights=None, img_size=cfg.data.image_size)
     teacher = hydra.utils.instantiate(cfg.strategy, backbone=backbone, num_classes=num_classes)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]  # our own run's file
     try:
         teacher.load_state_dict(state)
     except RuntimeError as error:

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from tlexp.errors import InvalidValue
+from tlexp.inference import inference_pass
 from tlexp.module import TransferModule
 
 ROUNDS = "an integer >= 1 (1: no pseudo-labels, plain full), at most trainer.max_epochs"
@@ -58,23 +59,19 @@ class PseudoLabel(TransferModule):
         """The round ``epoch`` belongs to: the rounds split ``trainer.max_epochs`` as evenly as they can."""
         return min(self.hparams.rounds - 1, epoch * self.hparams.rounds // self.trainer.max_epochs)
 
-    @torch.no_grad()
     def predict_unlabeled(self, datamodule) -> tuple[torch.Tensor, torch.Tensor]:
-        """(top softmax probability, predicted class) of each unlabeled image, by position: every module in
-        eval mode (dropout off, BatchNorm on its running statistics), no augmentation; the modules'
-        modes are restored afterwards (the freeze plan's BatchNorm modes among them)."""
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
-            with torch.inference_mode(False):  # also when called inside validation: plain tensors out
-                probabilities = [self(datamodule.normalize(images.to(self.device))).softmax(1).cpu()
-                                 for images, _ in datamodule.unlabeled_dataloader()]
-        finally:
-            for module, training in modes.items():
-                module.training = training
-        if not probabilities:
-            return torch.empty(0), torch.empty(0, dtype=torch.long)
-        return torch.cat(probabilities).max(1)
+        """(top softmax probability, predicted class) of each unlabeled image, by position, in an
+        ``inference_pass`` (eval mode, no augmentation, no autograd; the modules' modes restored after). Only
+        those two numbers per image are kept, so memory does not grow with the unlabeled set beyond them."""
+        confidence, predicted = [], []
+        with inference_pass(self):  # also when called inside validation: plain tensors out
+            for images, _ in datamodule.unlabeled_dataloader():
+                top = self(datamodule.normalize(images.to(self.device))).softmax(1).max(1)
+                confidence.append(top.values.cpu())
+                predicted.append(top.indices.cpu())
+            if not confidence:
+                return torch.empty(0), torch.empty(0, dtype=torch.long)
+            return torch.cat(confidence), torch.cat(predicted)
 
     def relabel(self, datamodule, next_round: int) -> None:
         """Pseudo-labels for ``next_round`` from the model as it is now, into ``pseudo`` and the training set."""
