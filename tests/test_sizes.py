@@ -63,7 +63,7 @@ def test_a_million_labels():
     assert sizes.TEST.count(labels, "test_size") == (10_000, "capped at 10,000; 20% of 1,000,000 is 200,000")
     rest, test = carved(sizes.TEST, labels)
     assert len(test) == 10_000 and np.bincount(labels[test]).tolist() == [1000] * 10
-    assert sizes.batch_size(64, 50_000)[0] == 64 and sizes.test_cap(1_000_000)[0] == 10_000
+    assert sizes.batch_size(64, 50_000)[0] == 64 and sizes.cap_test_split(1_000_000)[0] == 10_000
     assert sizes.unlabeled_cap(50_000, 900_000)[0] == 500_000
 
 

@@ -23,8 +23,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tlexp.acceleration import compile_backends
-from tlexp.data.domain_shift import SHIFTS
 from tlexp.data import sizes
+from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
@@ -63,7 +63,7 @@ def _auto_or(rule: Rule, accepted: str, allow_null: bool = False) -> Rule:
 
 
 POSITIVE_RATE = Rule("a learning rate > 0", lambda v: _number(v) and v > 0)
-CARVE = _auto_or(Rule("", lambda v: _number(v) and v > 0), sizes.CARVE_ACCEPTED)
+CARVE = Rule(sizes.CARVE_ACCEPTED, lambda v: v == sizes.AUTO or (_number(v) and v > 0))
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 
 RULES: dict[str, Rule] = {

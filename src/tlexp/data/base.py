@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from tlexp.data.domain_shift import check_shift, shift_array
 from tlexp.data import sizes
+from tlexp.data.domain_shift import check_shift, shift_array
 from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
 from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
@@ -177,7 +177,9 @@ class TransferDataModule(L.LightningDataModule):
         if test is None:
             log.warning("no test split: test metrics are computed on the validation split")
             test = val
-        limit = self.test_limit if self.test_limit != AUTO else self.chose("test_limit", *sizes.test_cap(len(test.labels)))
+        limit = self.test_limit
+        if limit == AUTO:
+            limit = self.chose("test_limit", *sizes.cap_test_split(len(test.labels)))
         if limit is not None and limit < len(test.labels):  # a fixed, stratified test subset
             test_idx = stratified_fraction(test.labels, limit / len(test.labels), self.split_seed)
             test = test.take(test_idx)

@@ -77,7 +77,7 @@ def batch_size(default: int, train_size: int, unlabeled: int = 0) -> tuple[int, 
     return size, why if size == default else f"{default} cut for {MIN_STEPS} steps an epoch on {why}"
 
 
-def test_cap(test_size: int) -> tuple[int, str]:
+def cap_test_split(test_size: int) -> tuple[int, str]:
     """``test_limit: auto``: the whole test split up to ``TEST_CAP`` images, a fixed stratified subset beyond."""
     return TEST_CAP, f"{'all' if test_size <= TEST_CAP else 'a stratified subset'} of {test_size:,}"
 
