@@ -121,7 +121,7 @@ def test_indices_saved_in_run_dir(cfg, tmp_path):
     saved = json.loads((tmp_path / "subset_indices.json").read_text())
     assert saved == dm.indices
     assert saved["fraction"] == 0.25 and saved["seed"] == cfg.seed and saved["split_seed"] == 0
-    assert len(saved["train"]) == len(dm.train_set) and len(saved["val"]) == len(dm.val_set) == cfg.data.val_size
+    assert len(saved["train"]) == len(dm.train_set) and len(saved["val"]) == len(dm.val_set) == 32  # val_size: auto
     assert not set(saved["train"]) & set(saved["val"])
 
 
@@ -132,7 +132,7 @@ def test_validation_split_fixed_across_seeds_and_fractions(digits_cfg):
     reference = runs[0].indices["val"]
     for dm in runs:
         assert dm.indices["val"] == reference
-        assert len(dm.val_set) == digits_cfg.data.val_size == 200  # never shrunk by the fraction
+        assert len(dm.val_set) == dm.auto_sizes["val_size"] == 200  # never shrunk by the fraction
         assert len(dm.test_set) == runs[0].test_set.__len__()
         assert torch.equal(dm.val_set.images, runs[0].val_set.images)
         assert not set(dm.indices["train"]) & set(reference)

@@ -36,6 +36,10 @@ def image_root(tmp_path, kind: str) -> str:
         for i in range(4):
             write_png(root / "cats" / f"{i}.png", 40 * i)
         (root / "dogs").mkdir()  # a class folder without images does not count
+    if kind in ("two_classes", "a_lone_dog"):  # 2 x 12 images, or 12 cats and 1 dog
+        for name in ("cats", "dogs"):
+            for i in range(12 if kind == "two_classes" or name == "cats" else 1):
+                write_png(root / name / f"{i}.png", 10 * i)
     return str(root)
 
 
@@ -64,6 +68,15 @@ CASES = {
                                   ["data.root=", "images_missing", "accepted: a folder with <class>/ subfolders", "does not exist"]),
     "image_folder_empty_root": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'empty')}"],
                                 ["data.root=", "images_empty", "accepted: a folder with <class>/ subfolders", "no image files"]),
+    # an explicit size the data cannot give: the carve's own range (the synthetic set: 4 classes x 64 images)
+    "val_size_too_large": (["data.val_size=500"], ["data.val_size=500 ", "between 4 (one per class) and 255 examples"]),
+    "val_size_zero": (["data.val_size=0"], ["data.val_size=0 ", "auto, a number of examples >= 1 or a share in (0, 1)"]),
+    "val_split_too_large": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'two_classes')}", "data.val_split=24"],
+                            ["data.val_split=24 ", "between 2 (one per class) and 23 examples"]),
+    "val_split_auto_class_of_one": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'a_lone_dog')}"],
+                                    ["data.val_split='auto' ", "at least 2 images", "class 1 has 1"]),
+    "batch_size_word": (["data.batch_size=big"], ["data.batch_size='big'", "auto or an integer >= 1"]),
+    "test_limit_zero": (["data.test_limit=0"], ["data.test_limit=0 ", "auto (the whole test split up to 10,000 images)"]),
     "image_folder_one_class": (lambda tmp: ["data=image_folder", f"data.root={image_root(tmp, 'one_class')}"],
                                ["data.root=", "images_one_class", "at least 2 classes"]),
     "image_size_the_model_cannot_take": (["model=timm", "model.name=test_vit", "data.image_size=30"],

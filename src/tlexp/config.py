@@ -23,6 +23,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from tlexp.acceleration import compile_backends
+from tlexp.data import sizes
 from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
@@ -57,14 +58,22 @@ def _choice(values) -> Rule:
     return Rule(", ".join(map(str, values)), lambda v: v in values)
 
 
+def _auto_or(rule: Rule, accepted: str, allow_null: bool = False) -> Rule:
+    return Rule(accepted, lambda v: v == sizes.AUTO or (allow_null and v is None) or rule.test(v))
+
+
 POSITIVE_RATE = Rule("a learning rate > 0", lambda v: _number(v) and v > 0)
+CARVE = Rule(sizes.CARVE_ACCEPTED, lambda v: v == sizes.AUTO or (_number(v) and v > 0))
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 
 RULES: dict[str, Rule] = {
     "data.fraction": Rule("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
     "data.image_size": Rule("an integer >= 8 (pixels)", _integer(8).test),
-    "data.batch_size": _integer(1),
-    "data.test_limit": Rule("null (the whole test split) or an integer >= 1", lambda v: v is None or _integer(1).test(v)),
+    "data.batch_size": _auto_or(_integer(1), sizes.BATCH_ACCEPTED),
+    "data.val_size": CARVE,
+    "data.val_split": CARVE,
+    "data.test_size": CARVE,
+    "data.test_limit": _auto_or(_integer(1), sizes.TEST_LIMIT_ACCEPTED, allow_null=True),
     "data.on_bad_image": _choice(ON_BAD_IMAGE),
     "strategy.lr_head": POSITIVE_RATE,
     "strategy.lr_backbone": POSITIVE_RATE,
@@ -88,7 +97,7 @@ RULES: dict[str, Rule] = {
     "strategy.threshold": Rule("a softmax probability in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
                            lambda v: v in (None, "none", "rest")),
-    "data.unlabeled_limit": Rule("null (all) or an integer >= 1", lambda v: v is None or _integer(1).test(v)),
+    "data.unlabeled_limit": _auto_or(_integer(1), sizes.UNLABELED_ACCEPTED, allow_null=True),
     "data.target_domain": Rule(f"null or a shift: {', '.join(SHIFTS)}", lambda v: v is None or v in SHIFTS),
     "strategy.domain_weight": Rule("a weight >= 0", lambda v: _number(v) and v >= 0),
     "strategy.domain_hidden": _integer(1),

@@ -1,5 +1,8 @@
 """The base LightningDataModule: fixed validation carve, seeded stratified fraction, model-driven preprocessing.
 
+Sizes set to ``auto`` (the configs' defaults) follow the data's size (``tlexp.data.sizes``); what they chose is
+logged once and kept in ``indices["auto"]`` (``subset_indices.json``).
+
 Subclasses only say where the images come from (``load``). Preprocessing follows the
 backbone's timm data config (mean, std, interpolation); only the image size is ours. The
 splits are resized with the model's interpolation, so preprocessing must be known before
@@ -23,8 +26,10 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from tlexp.data import sizes
 from tlexp.data.domain_shift import check_shift, shift_array
 from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
+from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import InvalidValue
 from tlexp.feature_cache.dataset import CachedFeatures
@@ -84,16 +89,23 @@ def decodes_files(dataset) -> bool:
 
 
 class TransferDataModule(L.LightningDataModule):
-    def __init__(self, fraction: float = 1.0, val_size: float = 500, image_size: int = 64, augment: bool = False,
-                 batch_size: int = 64, num_workers: int | str = "auto", seed: int = 42, split_seed: int = 0,
-                 output_dir: str | None = None, test_limit: int | None = None, unlabeled: str | None = None,
-                 unlabeled_limit: int | None = None, target_domain: str | None = None):
+    val_key = "val_size"
+    """The parameter (config key) that sizes the validation carve."""
+    val_carve, test_carve = sizes.VAL, sizes.TEST
+    """The ``auto`` rules of the validation carve and (sources without a test split) the test carve."""
+    auto_batch_size = 64
+    """What ``batch_size: auto`` gives on a training set of at least ``sizes.MIN_STEPS`` such batches."""
+
+    def __init__(self, fraction: float = 1.0, val_size: float | str = AUTO, image_size: int = 64, augment: bool = False,
+                 batch_size: int | str = AUTO, num_workers: int | str = "auto", seed: int = 42, split_seed: int = 0,
+                 output_dir: str | None = None, test_limit: int | str | None = AUTO, unlabeled: str | None = None,
+                 unlabeled_limit: int | str | None = AUTO, target_domain: str | None = None):
         super().__init__()  # the values are checked where the config comes in (tlexp.config.RULES)
         if unlabeled not in UNLABELED:
             raise InvalidValue("unlabeled", unlabeled, UNLABELED_ACCEPTED)
-        if unlabeled_limit is not None and (isinstance(unlabeled_limit, bool) or not isinstance(unlabeled_limit, int)
-                                            or unlabeled_limit < 1):
-            raise InvalidValue("unlabeled_limit", unlabeled_limit, "null (all of them) or an integer >= 1")
+        if unlabeled_limit not in (None, AUTO) and (isinstance(unlabeled_limit, bool) or not isinstance(unlabeled_limit, int)
+                                                    or unlabeled_limit < 1):
+            raise InvalidValue("unlabeled_limit", unlabeled_limit, sizes.UNLABELED_ACCEPTED)
         self.unlabeled = None if unlabeled == "none" else unlabeled
         self.unlabeled_limit = unlabeled_limit
         self.labeled_set = self.unlabeled_set = self._unlabeled_split = self._pseudo_source = None
@@ -103,6 +115,7 @@ class TransferDataModule(L.LightningDataModule):
         self.target_test_set = self._target_pool = self._target_train_set = None
         self.test_limit = test_limit
         self.fraction, self.val_size, self.image_size, self.augment = fraction, val_size, image_size, augment
+        # batch_size: the setting until setup, then the batch every loader uses (auto resolved)
         self.batch_size, self.num_workers, self.seed, self.split_seed = batch_size, num_workers, seed, split_seed
         self.output_dir = Path(output_dir) if output_dir else None
         self.mean = self.std = None
@@ -110,6 +123,9 @@ class TransferDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.train_set = self.val_set = self.test_set = None
         self.indices: dict = {}
+        self.auto_sizes: dict[str, int] = {}
+        """What each ``auto`` setting became, by parameter name."""
+        self._auto_reasons: list[str] = []
         self._resume_batches = 0
 
     # --- what a subclass provides ---------------------------------------------------------
@@ -155,14 +171,17 @@ class TransferDataModule(L.LightningDataModule):
         train, val, test, self.classes = self.load()
         train_pool = np.arange(len(train.labels))
         if val is None:
-            train_pool, val_idx = stratified_split(train.labels, self.val_size, self.split_seed)
+            train_pool, val_idx = self.carve(train.labels, self.val_key, self.val_size, self.val_carve)
             val = train.take(val_idx)
             self.indices["val"] = val_idx.tolist()
         if test is None:
             log.warning("no test split: test metrics are computed on the validation split")
             test = val
-        if self.test_limit is not None and self.test_limit < len(test.labels):  # a fixed, stratified test subset
-            test_idx = stratified_fraction(test.labels, self.test_limit / len(test.labels), self.split_seed)
+        limit = self.test_limit
+        if limit == AUTO:
+            limit = self.chose("test_limit", *sizes.cap_test_split(len(test.labels)))
+        if limit is not None and limit < len(test.labels):  # a fixed, stratified test subset
+            test_idx = stratified_fraction(test.labels, limit / len(test.labels), self.split_seed)
             test = test.take(test_idx)
             self.indices["test"] = test_idx.tolist()
         chosen = train_pool[stratified_fraction(train.labels[train_pool], self.fraction, self.seed)]
@@ -175,14 +194,41 @@ class TransferDataModule(L.LightningDataModule):
             self._set_up_target(train.take(train_pool), test)
         if self.unlabeled == "rest":
             self._set_up_unlabeled(train, np.setdiff1d(train_pool, chosen))
+        if self.batch_size == AUTO:
+            unlabeled = 0 if self.unlabeled_set is None else len(self.unlabeled_set)
+            self.batch_size = self.chose("batch_size", *sizes.batch_size(self.auto_batch_size, len(chosen), unlabeled))
+        if self.auto_sizes:
+            log.info("data: %s", ", ".join(self._auto_reasons))
+            self.indices["auto"] = self.auto_sizes
         self.save_indices()
+
+    def carve(self, labels: np.ndarray, key: str, size: float | int | str, rule: sizes.Carve) -> tuple[np.ndarray, np.ndarray]:
+        """(rest, held out) indices of ``labels``: ``size`` (config key ``key``) of them, stratified by
+        ``split_seed``: a number, a share, or ``auto`` (``rule``)."""
+        if size != AUTO:
+            return stratified_split(labels, size, self.split_seed, name=key)
+        count = self.chose(key, *rule.count(labels, key))
+        return stratified_split(labels, count, self.split_seed, name=key, keep=rule.keep)
+
+    def carve_test(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The test split held out of train by ``test_size`` (set by the sources that may carve one)."""
+        return self.carve(labels, "test_size", self.test_size, self.test_carve)
+
+    def chose(self, key: str, value: int, why: str) -> int:
+        """Records what ``auto`` chose for ``key`` (logged once at the end of setup); returns ``value``."""
+        self.auto_sizes[key] = value
+        self._auto_reasons.append(f"{key} auto -> {value} ({why})")
+        return value
 
     def _set_up_unlabeled(self, train: Split, rest: np.ndarray) -> None:
         """``rest``: the training pool outside the fraction (never the validation carve, never the test split),
         at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not looked at); with a
         ``target_domain``, its shifted copy, so that self-training adapts to the target domain."""
-        if self.unlabeled_limit is not None and self.unlabeled_limit < len(rest):
-            rest = np.sort(np.random.default_rng(self.seed).choice(rest, self.unlabeled_limit, replace=False))
+        limit = self.unlabeled_limit
+        if limit == AUTO:
+            limit = self.chose("unlabeled_limit", *sizes.unlabeled_cap(len(self.labeled_set), len(rest)))
+        if limit is not None and limit < len(rest):
+            rest = np.sort(np.random.default_rng(self.seed).choice(rest, limit, replace=False))
         if not len(rest):
             log.warning("data.unlabeled=rest: data.fraction leaves no unlabeled images")
         self._unlabeled_split = train.take(rest)

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import load_digits
 
+from tlexp.data import sizes
 from tlexp.data.base import Split, TransferDataModule
-from tlexp.data.subset import stratified_split
+from tlexp.data.sizes import AUTO
 
 
 class Digits(TransferDataModule):
-    def __init__(self, test_size: float = 0.25, **kwargs):
+    val_carve = sizes.Carve(share=0.2, cap=200, keep=1)
+    test_carve = sizes.Carve(share=0.25, cap=sizes.TEST_CAP, keep=2)
+    """auto: the former defaults, 200 validation and a quarter (449) of the 1,797 images as the test split."""
+
+    def __init__(self, test_size: float | str = AUTO, **kwargs):
         super().__init__(**kwargs)
         self.test_size = test_size
 
@@ -18,5 +23,5 @@ class Digits(TransferDataModule):
         digits = load_digits()
         images = np.round(digits.images * (255 / 16)).astype(np.uint8)
         everything = Split(digits.target.astype(np.int64), images)
-        rest, test = stratified_split(everything.labels, self.test_size, self.split_seed, name="test_size")
+        rest, test = self.carve_test(everything.labels)
         return everything.take(rest), None, everything.take(test), [str(d) for d in range(10)]

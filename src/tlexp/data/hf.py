@@ -20,6 +20,7 @@ import numpy as np
 
 from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.images import load_rgb
+from tlexp.data.sizes import AUTO
 from tlexp.data.torchvision_source import arrange, labelled, square_array
 from tlexp.errors import InvalidValue
 
@@ -40,7 +41,7 @@ def datasets_library():
 class HuggingFace(TransferDataModule):
     def __init__(self, path: str | None = None, name: str | None = None, data_dir: str | None = None,
                  cache_dir: str | None = None, image_column: str = "image", label_column: str = "label",
-                 split_map: dict | None = None, test_size: float = 0.2, **kwargs):
+                 split_map: dict | None = None, test_size: float | str = AUTO, **kwargs):
         super().__init__(**kwargs)
         if not path:
             raise InvalidValue("path", path, "a hub dataset id, a folder written by save_to_disk, or a folder of images")
@@ -104,7 +105,7 @@ class HuggingFace(TransferDataModule):
                                "the train split has images without labels")
         found = labelled({s: Split(labels[s]) for s in splits}, f"data.path={self.path}")
         found = {s: Split(labels[s], self.decode(splits[s], s)) for s in found}
-        return (*arrange(found, self.test_size, self.split_seed, self.indices), classes)
+        return (*arrange(found, self.carve_test, self.indices), classes)
 
     def numbered(self, raw: dict, feature) -> tuple[dict, list[str]]:
         """Labels as class indices (-1: none) and the class names."""

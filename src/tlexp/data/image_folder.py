@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tlexp.data import sizes
 from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.file_check import decode_failures, not_an_image
+from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue
 
 log = logging.getLogger("tlexp")
@@ -50,7 +52,12 @@ def listing(files: list[tuple[str, str]]) -> str:
 
 
 class ImageFolder(TransferDataModule):
-    def __init__(self, root: str | None = None, val_split: float = 0.2, on_bad_image: str = "skip", **kwargs):
+    val_key = "val_split"
+    val_carve = sizes.Carve(share=0.2, cap=sizes.TEST_CAP, keep=1)
+    """auto: a fifth of the images (the former default), at most ``TEST_CAP``: without a test/ folder it tests too."""
+    auto_batch_size = 32
+
+    def __init__(self, root: str | None = None, val_split: float | str = AUTO, on_bad_image: str = "skip", **kwargs):
         super().__init__(val_size=val_split, **kwargs)
         self.root = Path(root).expanduser() if root else None
         self.on_bad_image = on_bad_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tlexp.data import sizes
 from tlexp.data.base import Split, TransferDataModule
 
 
@@ -15,6 +16,10 @@ def make_images(num_classes: int, per_class: int, size: int, noise: float, rng: 
 
 
 class Synthetic(TransferDataModule):
+    val_carve = sizes.Carve(share=0.2, cap=32, keep=1)
+    auto_batch_size = 32
+    """auto: the former defaults, 32 validation images and batches of 32 (of the 256 images by default)."""
+
     def __init__(self, num_classes: int = 4, train_per_class: int = 64, test_per_class: int = 32,
                  source_size: int = 16, noise: float = 60.0, **kwargs):
         super().__init__(**kwargs)

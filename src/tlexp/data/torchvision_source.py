@@ -33,7 +33,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ import torchvision.datasets
 from PIL import Image, ImageOps
 
 from tlexp.data.base import Split, TransferDataModule
-from tlexp.data.subset import stratified_split
+from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,16 @@ def labelled(splits: dict[str, Split], source: str) -> dict[str, Split]:
     return {name: split for name, split in splits.items() if name not in missing}
 
 
-def arrange(splits: dict[str, Split], test_size: float, seed: int, indices: dict) -> tuple[Split, Split | None, Split]:
+def arrange(splits: dict[str, Split], carve_test: Callable, indices: dict) -> tuple[Split, Split | None, Split]:
     """tlexp's (train, val or None, test) from a dataset's labelled ``splits``: without a test split the
-    val split tests and val is carved from train; with neither, a ``test_size`` share of train is held
-    out (its indices into train go to ``indices["carved_test"]``)."""
+    val split tests and val is carved from train; with neither, ``carve_test`` (labels -> rest, held out)
+    holds out the test split (its indices into train go to ``indices["carved_test"]``)."""
     splits = dict(splits)
     if "test" not in splits and "val" in splits:
         splits["test"] = splits.pop("val")
     train = splits["train"]
     if "test" not in splits:
-        rest, held = stratified_split(train.labels, test_size, seed, name="test_size")
+        rest, held = carve_test(train.labels)
         train, splits["test"] = train.take(rest), train.take(held)
         indices["carved_test"] = held.tolist()
     return train, splits.get("val"), splits["test"]
@@ -109,7 +109,7 @@ def arrange(splits: dict[str, Split], test_size: float, seed: int, indices: dict
 
 class Torchvision(TransferDataModule):
     def __init__(self, name: str = "CIFAR10", root: str | None = "data/torchvision", download: bool = True,
-                 options: dict | None = None, test_size: float = 0.2, **kwargs):
+                 options: dict | None = None, test_size: float | str = AUTO, **kwargs):
         super().__init__(**kwargs)
         self.name, self.dataset_class = name, dataset_class(name)
         self.root = Path(root).expanduser() if root else None
@@ -132,7 +132,7 @@ class Torchvision(TransferDataModule):
                                f"its split argument accepts none of {', '.join(SPLIT_NAMES['train'])}")
         splits = {name: self.read(dataset, name) for name, dataset in found.items() if dataset is not None}
         classes, splits = self.class_names(found["train"], splits)
-        return (*arrange(splits, self.test_size, self.split_seed, self.indices), classes)
+        return (*arrange(splits, self.carve_test, self.indices), classes)
 
     def open(self, optional: bool = False, **split):
         """The dataset class built for one split; None where ``optional`` and the class rejects that split."""
