@@ -3,7 +3,7 @@
 Predicting pseudo-labels over the unlabeled set and encoding cached features must hold no memory per image
 beyond their output (two numbers per image; one feature vector per image). Each pass runs on Fashion-MNIST at
 growing sizes (the whole pool last); a thread samples the resident memory every 5 ms, and the growth over the
-memory held just before the pass, minus the bytes the pass returns, is what the pass itself kept. Beside it,
+memory held just before the pass must not grow with the size. Beside it,
 the pseudo-label pass as it was written before the fix (``inference_mode(False)`` inside ``no_grad``, which
 re-enabled autograd) on its first ``OLD_IMAGES`` images only, to show what each image cost then (at the
 whole pool it filled a 24 GB machine).
@@ -76,15 +76,14 @@ def old_prediction(module, datamodule, images: int):
 
 
 def measure(name: str, size: int, work) -> dict:
-    """Run ``work()`` under the sampler; the MB it kept beyond what it returned."""
+    """Run ``work()`` under the sampler: how much the resident memory grew, and the MB it returned."""
     with PeakSampler().measuring() as sampler:
         started = time.perf_counter()
         output = work()
         seconds = time.perf_counter() - started
     returned = sum(t.numel() * t.element_size() for t in output if isinstance(t, torch.Tensor)) / 2**20
     row = {"pass": name, "images": size, "seconds": seconds, "before_mb": sampler.before, "peak_mb": sampler.peak,
-           "growth_mb": sampler.peak - sampler.before, "returned_mb": returned,
-           "kept_mb": sampler.peak - sampler.before - returned, "requires_grad": any(
+           "growth_mb": sampler.peak - sampler.before, "returned_mb": returned, "requires_grad": any(
                getattr(t, "requires_grad", False) for t in output)}
     print(f"  {name} over {size} images: peak {row['peak_mb']:.0f} MB, +{row['growth_mb']:.0f} MB during the pass, "
           f"{returned:.1f} MB returned, {seconds:.0f} s", flush=True)

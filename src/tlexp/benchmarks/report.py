@@ -126,10 +126,11 @@ def _prefix(results: dict, settings: Settings) -> list[str]:
 def _memory(results: dict, settings: Settings) -> list[str]:
     rows = results["memory"]["rows"]
     lines = ["### 7. Memory of the passes over a whole data set", "",
-             "Resident memory sampled every 5 ms during the pass; kept = growth during the pass minus the bytes it returns.", "",
-             "| pass | images | before (MB) | peak (MB) | growth (MB) | returned (MB) | kept (MB) | s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Resident memory sampled every 5 ms during each pass, in one process, in this order; growth = peak during the "
+             "pass minus the memory held just before it (freed memory of earlier passes is reused, so a later pass can "
+             "return data without growing).", "",
+             "| pass | images | before (MB) | peak (MB) | growth (MB) | returned (MB) | s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['pass']} | {r['images']:,} | {r['before_mb']:.0f} | {r['peak_mb']:.0f} | {r['growth_mb']:.0f} | "
-              f"{r['returned_mb']:.1f} | {r['kept_mb']:.0f} | {r['seconds']:.0f} |"
-              for r in rows]
+              f"{r['returned_mb']:.1f} | {r['seconds']:.0f} |" for r in rows]
     return lines + [""]
