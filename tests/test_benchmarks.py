@@ -185,3 +185,18 @@ def test_prefix_section_pairs_cached_and_uncached_runs():
     text = report.markdown({"machine": report.machine(settings), "seconds": 1.0, "prefix": result}, settings)
     header = next(line for line in text.splitlines() if line.startswith("| run |"))
     assert header in BENCHMARKS_MD and "### 6. Frozen-prefix cache" in BENCHMARKS_MD
+
+
+def test_memory_section_measures_each_pass_at_each_size():
+    from tlexp.benchmarks.memory import section_memory
+
+    settings = replace(TINY, memory_sizes="40,80")
+    rows = section_memory(settings)["rows"]
+    assert [(r["pass"], r["images"]) for r in rows] == [
+        ("pseudo-label prediction", 40), ("feature encoding", 40), ("pseudo-label prediction before the fix", 40),
+        ("pseudo-label prediction", 80), ("feature encoding", 80)]
+    assert all(r["peak_mb"] >= r["before_mb"] > 0 for r in rows)
+    assert [r["requires_grad"] for r in rows] == [False, False, True, False, False]  # the old pass kept graphs
+    text = report.markdown({"machine": report.machine(settings), "seconds": 1.0, "memory": {"rows": rows}}, settings)
+    header = next(line for line in text.splitlines() if line.startswith("| pass |"))
+    assert header in BENCHMARKS_MD and "### 7. Memory of the passes" in BENCHMARKS_MD
