@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
+from tlexp import liveness
 from tlexp.callbacks import Heartbeat
 from tlexp.report import generate
 from tlexp.results import RunRecord, Status, load_jobs, read_result
@@ -70,8 +71,9 @@ def test_a_job_whose_process_still_runs_stays_running(tmp_path):
     # the same pid, but a process started after the job was: the system gave the job's pid to another process
     reused = read_result(_running(tmp_path / "reused", pid=os.getpid(), started=_iso(10 * 24 * 3600)))
     assert reused.status == Status.KILLED and "is gone" in reused.error
-    # another host: only the heartbeat can tell
+    # another host, or this host's name in another container: only the heartbeat can tell
     assert read_result(_running(tmp_path / "there", host="elsewhere", heartbeat=_iso(60))).status == Status.RUNNING
+    assert read_result(_running(tmp_path / "container", pid_namespace="pid:[1]", heartbeat=_iso(60))).status == Status.RUNNING
     silent = read_result(_running(tmp_path / "silent", host="elsewhere", heartbeat=_iso(3600)))
     assert silent.status == Status.KILLED and "no heartbeat from process" in silent.error and "on elsewhere since" in silent.error
     # written before tlexp recorded hosts and heartbeats: cannot tell, as before
@@ -100,6 +102,14 @@ def test_summary_and_report_show_a_killed_job_with_its_epochs_and_cause(tmp_path
     assert [r["status"] for r in tables["jobs"]] == ["killed"]
     page = (sweep / "report.html").read_text()
     assert "Diverged, interrupted and killed jobs" in page and "running" not in page.split("id='jobs'")[1]
+
+
+def test_this_process_finds_its_oom_counter_where_the_system_has_one():
+    counter = liveness.oom_counter_file()
+    if counter is None:
+        pytest.skip("no readable memory cgroup oom_kill counter here")
+    assert isinstance(liveness.read_oom_kills(counter), int)
+    assert liveness.identity()["oom_kill_counter"] == {"file": str(counter), "at_start": liveness.read_oom_kills(counter)}
 
 
 def test_heartbeat_thread_beats_and_stops(tmp_path):

@@ -86,12 +86,20 @@ def _launcher_logs() -> tuple[str | None, dict[str, int] | None]:
         return None, None
 
 
+def pid_namespace() -> str | None:
+    """Containers that share a host name (Docker's host network) can still number processes apart."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def identity() -> dict:
     """What a job records when it starts (``RunRecord`` fields)."""
     counter = oom_counter_file()
     job, logs = _launcher_logs()
     now = utc_now()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_namespace": pid_namespace(), "started": now, "heartbeat": now,
             "oom_kill_counter": {"file": str(counter), "at_start": read_oom_kills(counter)} if counter else None,
             "launcher_job": job, "launcher_logs": logs}
 
@@ -118,8 +126,8 @@ def _same_process_alive(pid: int, started: float | None) -> bool:
 def _state(record) -> str:
     """``alive`` (this host, the very process), ``gone`` (this host, no such process), ``silent`` (no heartbeat
     for STALE_AFTER_S) or ``unknown`` (a record from before tlexp wrote hosts and heartbeats, or a recent
-    heartbeat from another host)."""
-    if record.host == socket.gethostname() and record.pid:
+    heartbeat from another host or another container's processes)."""
+    if record.host == socket.gethostname() and record.pid and record.pid_namespace in (None, pid_namespace()):
         return "alive" if _same_process_alive(record.pid, _seconds(record.started)) else "gone"
     beat = _seconds(record.heartbeat)
     if beat is not None and datetime.now(timezone.utc).timestamp() - beat > STALE_AFTER_S:

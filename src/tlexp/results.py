@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import secrets
 import statistics
 import threading
 from dataclasses import dataclass, field, fields
@@ -79,6 +80,7 @@ class RunRecord:
     # --- who runs it (liveness.identity), and a heartbeat while it runs (callbacks.Heartbeat)
     host: str | None = None
     pid: int | None = None
+    pid_namespace: str | None = None  # e.g. pid:[4026531836]: the pid means a process only in this namespace
     started: str | None = None  # UTC, ISO 8601
     heartbeat: str | None = None  # UTC, ISO 8601: the last time the job was known to run
     epochs_done: int | None = None  # training epochs finished (and checkpointed)
@@ -163,7 +165,7 @@ def write_result(output_dir: str | Path, record: RunRecord) -> Path:
     path = Path(output_dir) / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with _writing:
-        partial = path.with_name(f".{RESULT_FILE}.{os.getpid()}.tmp")
+        partial = path.with_name(f".{RESULT_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # hosts share pids
         partial.write_text(json.dumps(record.to_json(), indent=2, default=str))
         os.replace(partial, path)
     return path

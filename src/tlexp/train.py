@@ -154,7 +154,8 @@ def main(cfg: DictConfig) -> float | None:
     if multirun and previous and previous.status in DONE_STATUSES:
         log.info("skipping %s: already %s (%s)", output_dir, previous.status, previous.test_acc)
         return (previous.metrics or {}).get(cfg.get("optimized_metric"))
-    if previous and liveness.still_running(previous):  # the same sweep launched twice: never two writers in one directory
+    # the same sweep launched twice: never two writers in one directory (DDP's other ranks find rank zero's record)
+    if previous and rank_zero_only.rank == 0 and liveness.still_running(previous):
         busy = f"{output_dir} is in use by process {previous.pid} on {previous.host} (started {previous.started})"
         if multirun:
             log.warning("skipping %s; it is still running", busy)
