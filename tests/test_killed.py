@@ -19,6 +19,7 @@ from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subpro
 from tlexp import liveness
 from tlexp.callbacks import Heartbeat
 from tlexp.report import generate
+from tlexp.resume import find_interrupted_run
 from tlexp.results import RunRecord, Status, load_jobs, read_result
 from tlexp.sweep import format_summary, summarize
 
@@ -126,6 +127,15 @@ def test_a_run_directory_in_use_is_not_started_twice(tmp_path, main_inprocess):
     code, output = main_inprocess(tmp_path)
     assert code == 1 and f"is in use by process {os.getpid()} on {HOST}" in output
     assert read_json(tmp_path / "result.json")["status"] == "running"  # untouched
+
+
+def test_a_single_run_continues_the_newest_killed_twin_not_a_live_one(tmp_path):
+    overrides = ["strategy=full", "seed=1"]
+    for name, fields in (("killed", {}), ("live", {"pid": os.getpid(), "started": _iso()}), ("other", {"overrides": ["seed=2"]})):
+        _running(tmp_path / name, **{"overrides": overrides, **fields})
+        (tmp_path / name / "checkpoints").mkdir()
+        (tmp_path / name / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert find_interrupted_run(tmp_path, list(reversed(overrides)), tmp_path / "new") == tmp_path / "killed"
 
 
 def _epochs_done(job_dir: Path) -> int:
