@@ -32,6 +32,6 @@ def test_sweep_lists_diverged_jobs_apart_and_skips_them_on_rerun(tmp_path):
     assert all(entry["status"] == "diverged" for entry in summary["diverged"])
     report = read_json(tmp_path / "report.json")
     assert {row["job"] for row in report["tables"]["unfinished"]} == {e["job"] for e in summary["diverged"]}
-    assert "Diverged and interrupted jobs" in (tmp_path / "report.html").read_text()
+    assert "Diverged, interrupted and killed jobs" in (tmp_path / "report.html").read_text()
     again = run_train(tmp_path, "strategy.lr_head=1e-3,1e30", "strategy.lr_backbone=1e30", "trainer.max_epochs=1", multirun=True)
     assert "Trainer.fit" not in again.stdout and again.stdout.count("skipping") == 2

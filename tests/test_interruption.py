@@ -131,11 +131,14 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path)
 
 @pytest.mark.slow
 def test_job_killed_without_a_word_resumes_from_its_last_checkpoint(tmp_path):
-    """SIGKILL or the OOM killer leave result.json at "running" (written when the job starts)."""
+    """SIGKILL or the OOM killer leave result.json at "running" (written when the job starts); a record written
+    before tlexp recorded who runs a job cannot tell a killed job from a live one, and resumes as before
+    (test_killed.py: a real kill -9 of a job that records it)."""
     run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
     job_dir = next(tmp_path.glob("*/result.json")).parent
     record = read_json(job_dir / "result.json")
-    (job_dir / "result.json").write_text(json.dumps({**record, "status": "running"}))  # as a killed job leaves it
+    older = {k: v for k, v in record.items() if k not in ("host", "pid", "started", "heartbeat")}
+    (job_dir / "result.json").write_text(json.dumps({**older, "status": "running"}))  # as a killed job leaves it
     summary = read_json(tmp_path / "sweep_summary.json")
     again = run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
     resumed = read_json(job_dir / "result.json")

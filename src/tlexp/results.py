@@ -11,10 +11,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import secrets
 import statistics
+import threading
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
+
+from tlexp import liveness
 
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "sweep_summary.json"
@@ -26,11 +31,12 @@ EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", 
 class Status(str, Enum):
     """What became of a job. A str, so it compares equal to the text in ``result.json``."""
 
-    RUNNING = "running"  # while the job runs; left behind if it was killed without a chance to write
+    RUNNING = "running"  # while the job runs (on disk also after a kill, which leaves no chance to write)
     COMPLETED = "completed"
     FAILED = "failed"  # an error (``error`` says which)
     DIVERGED = "diverged"  # non-finite loss, a result of its settings (``diverged`` says where)
     INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint: re-running resumes it
+    KILLED = "killed"  # never written by the job itself: read_result's name for a `running` record whose process is gone
     SKIPPED = "skipped"  # never in result.json: the sweep summary's name for a job an earlier run completed
 
     def __str__(self) -> str:
@@ -38,7 +44,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
-"""The values ``result.json`` holds."""
+"""The values ``result.json`` holds (``killed`` only in a record that a later attempt took over)."""
 FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
 DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED)
 """A re-run of a sweep skips these: running them again would give the same result."""
@@ -70,6 +76,18 @@ class RunRecord:
     group: str | None = None  # W&B group: the experiment's, or the sweep directory's name
     tags: list[str] | None = None  # the config's tags
     resumed_from: str | None = None  # path of the checkpoint this job resumed from
+    attempts: list[dict] | None = None  # earlier attempts at this job, oldest first (RunRecord.as_attempt)
+    # --- who runs it (liveness.identity), and a heartbeat while it runs (callbacks.Heartbeat)
+    host: str | None = None
+    pid: int | None = None
+    pid_namespace: str | None = None  # e.g. pid:[4026531836]: the pid means a process only in this namespace
+    started: str | None = None  # UTC, ISO 8601
+    heartbeat: str | None = None  # UTC, ISO 8601: the last time the job was known to run
+    epochs_done: int | None = None  # training epochs finished (and checkpointed)
+    peak_rss_mb: float | None = None  # peak resident memory of the training process so far (MB)
+    oom_kill_counter: dict | None = None  # {file, at_start}: the job's memory cgroup's oom_kill count when it started
+    launcher_job: str | None = None  # submitit's job id (SLURM: <array job>_<task>)
+    launcher_logs: dict[str, int] | None = None  # submitit's log files -> their size when this attempt started
     # --- once the model and data are built (train.derived_values)
     params_total: int | None = None  # parameters of backbone and head
     params_trainable: int | None = None  # trainable at the first epoch
@@ -94,7 +112,8 @@ class RunRecord:
     best_checkpoint: str | None = None  # path of the checkpoint tested
     # --- when the job ends (train.main)
     metrics: dict[str, float] | None = None  # every final logged value, e.g. {"val/acc": ..., "test/loss": ...}
-    error: str | None = None  # why it failed, diverged or was interrupted (one line, or a traceback's message)
+    error: str | None = None  # why it failed, diverged, was interrupted or killed (one line, or a traceback's message)
+    cause: str | None = None  # killed: what the system says stopped it (the OOM killer, SLURM), where it says so
     diverged: dict | None = None  # where the loss became non-finite: loss, step, epoch, last_finite_loss, learning_rates
     resume_checkpoint: str | None = None  # interrupted: the checkpoint written on the signal
     wall_seconds: float | None = None  # wall-clock of the whole job after its start was recorded (s)
@@ -114,6 +133,11 @@ class RunRecord:
         record = {name: _clean(getattr(self, name)) for name in _FIELDS}
         return {**{k: v for k, v in record.items() if v is not None}, **self.extra}
 
+    def as_attempt(self) -> dict:
+        """This record as an entry of a later attempt's ``attempts``."""
+        keys = ("status", "epochs_done", "max_epochs", "error", "cause", "host", "pid", "started", "heartbeat", "peak_rss_mb")
+        return {key: value for key, value in self.to_json().items() if key in keys}
+
     @classmethod
     def from_json(cls, data: dict) -> RunRecord:
         known = {k: v for k, v in data.items() if k in _FIELDS}
@@ -132,17 +156,36 @@ def _clean(value):
     return value
 
 
+_writing = threading.Lock()  # the job's main thread and its heartbeat thread both write the record
+
+
 def write_result(output_dir: str | Path, record: RunRecord) -> Path:
+    """Atomically (a reader never sees half a file); the record is read under the lock, so the last write is
+    also the newest state."""
     path = Path(output_dir) / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record.to_json(), indent=2, default=str))
+    with _writing:
+        partial = path.with_name(f".{RESULT_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # hosts share pids
+        partial.write_text(json.dumps(record.to_json(), indent=2, default=str))
+        os.replace(partial, path)
     return path
 
 
 def read_result(job_dir: str | Path) -> RunRecord | None:
-    """The job's record, None if it has no result.json. Older files with fewer or other keys read too."""
+    """The job's record, None if it has no result.json. Older files with fewer or other keys read too.
+
+    Every reader sees a job the same way: a ``running`` record whose process is gone (same host: that pid
+    is not the process that wrote it; another host: no heartbeat for ``liveness.STALE_AFTER_S``) reads as
+    ``killed``, with ``error`` saying after which epoch and ``cause`` what the system says killed it."""
     path = Path(job_dir) / RESULT_FILE
-    return RunRecord.from_json(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = RunRecord.from_json(json.loads(path.read_text()))
+    if record.status == Status.RUNNING:
+        notice = liveness.death_notice(record)
+        if notice:
+            record.update(status=Status.KILLED, error=notice[0], cause=notice[1])
+    return record
 
 
 # --- a job directory and a sweep directory --------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlexp.callbacks.interruption import INTERRUPTED_CHECKPOINT
-from tlexp.results import FINAL_STATUSES, read_result
+from tlexp.results import FINAL_STATUSES, Status, read_result
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -30,13 +30,13 @@ def resumable(record: dict | None) -> bool:
 
 def find_interrupted_run(runs_dir: Path, overrides: list[str], current: Path) -> Path | None:
     """For a single run: the newest earlier run directory with the same overrides that a signal
-    interrupted and that no later run has resumed yet (a run still in progress is never taken); the
-    order of the overrides does not matter."""
+    interrupted or that was killed (``results.read_result``), and that no later run has resumed yet (a run
+    still in progress is never taken); the order of the overrides does not matter."""
     candidates = []
     for result in runs_dir.glob("*/result.json"):
         job_dir = result.parent
         record = read_result(job_dir)
-        if (job_dir != current and record and record.status == "interrupted" and not record.resumed_in
+        if (job_dir != current and record and record.status in (Status.INTERRUPTED, Status.KILLED) and not record.resumed_in
                 and sorted(record.overrides or []) == sorted(overrides) and resume_checkpoint(job_dir)):
             candidates.append(job_dir)
     return max(candidates, key=lambda d: (d / "result.json").stat().st_mtime) if candidates else None

@@ -36,23 +36,30 @@ def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> st
     return config.get("group") or sweep_dir.name
 
 
-BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
+BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.DIVERGED, Status.INTERRUPTED, Status.KILLED, Status.FAILED)
 
 
 def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
     """The sweep_summary.json record: jobs sorted into completed (this invocation), skipped
-    (completed before it started), diverged, interrupted (resumed by the next run) and failed."""
+    (completed before it started), diverged, interrupted (resumed by the next run), killed (from outside,
+    with the epochs it finished and the system's cause; resumed by the next run too) and failed. A job
+    that got there only after earlier attempts lists their statuses."""
     summary: dict[str, Any] = {"sweep_dir": str(sweep_dir), "group": group, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                **{bucket: [] for bucket in BUCKETS}}
     for job in jobs:
         record = job.record
         entry = {"job": job.name, "strategy": record.strategy, "fraction": record.fraction, "seed": record.seed}
+        if record.attempts:
+            entry["earlier_attempts"] = [attempt.get("status") for attempt in record.attempts]
         if job.completed:
             entry.update(test_acc=job.test_acc, val_acc_best=record.val_acc_best, wall_seconds=record.wall_seconds)
             summary[Status.SKIPPED if job.name in done_before else Status.COMPLETED].append(entry)
         else:
             entry.update(status=job.status, error=record.error or f"status {job.status}")
-            if job.status in (Status.INTERRUPTED, Status.RUNNING):  # running: killed without a word
+            if job.status == Status.KILLED:
+                entry.update(epochs_done=record.epochs_done, max_epochs=record.max_epochs, cause=record.cause)
+                summary[Status.KILLED].append(entry)
+            elif job.status in (Status.INTERRUPTED, Status.RUNNING):  # running: a record too old to tell whether it was killed
                 summary[Status.INTERRUPTED].append(entry)
             else:
                 summary[Status.DIVERGED if job.status == Status.DIVERGED else Status.FAILED].append(entry)
@@ -65,12 +72,13 @@ def format_summary(summary: dict) -> str:
     counts = summary["counts"]
     lines = [f"tlexp sweep {summary['sweep_dir']} (group {summary['group']}): {counts['completed']} completed, "
              f"{counts['skipped']} skipped (already completed), {counts['diverged']} diverged, "
-             f"{counts['interrupted']} interrupted, {counts['failed']} failed, {counts['total']} jobs"]
+             f"{counts['interrupted']} interrupted, {counts['killed']} killed, {counts['failed']} failed, {counts['total']} jobs"]
     for key in ("completed", "skipped"):
         for entry in summary[key]:
             acc = entry.get("test_acc")
-            lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else ""))
-    for key in ("diverged", "interrupted", "failed"):
+            earlier = f"  (after earlier attempts: {', '.join(map(str, entry['earlier_attempts']))})" if entry.get("earlier_attempts") else ""
+            lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else "") + earlier)
+    for key in ("diverged", "interrupted", "killed", "failed"):
         for entry in summary[key]:
             error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
             lines.append(f"  {key:11s} {entry['job']}  {error[-1].strip()}")  # the cause: the last line

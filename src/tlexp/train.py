@@ -18,8 +18,8 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp import config
-from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Interrupted, Interruption
+from tlexp import config, liveness
+from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Heartbeat, Interrupted, Interruption
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
@@ -86,7 +86,7 @@ def derived_values(datamodule, module) -> dict:
     }
 
 
-def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | None = None) -> dict:
+def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbeat, ckpt_path: str | None = None) -> dict:
     config.check(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
@@ -98,7 +98,7 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, ckpt_path: str | No
         tags.append(f"target_domain={cfg.data.target_domain}")
     loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
-    callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR)]
+    callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR), heartbeat]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     hparams = {**OmegaConf.to_container(cfg, resolve=True), "derived": derived}
     for logger in trainer.loggers:
@@ -160,9 +160,23 @@ def main(cfg: DictConfig) -> float | None:
     if multirun and previous and previous.status in DONE_STATUSES:
         log.info("skipping %s: already %s (%s)", output_dir, previous.status, previous.test_acc)
         return (previous.metrics or {}).get(cfg.get("optimized_metric"))
+    # the same sweep launched twice: never two writers in one directory (DDP's other ranks find rank zero's record)
+    if previous and rank_zero_only.rank == 0 and liveness.still_running(previous):
+        busy = f"{output_dir} is in use by process {previous.pid} on {previous.host} (started {previous.started})"
+        if multirun:
+            log.warning("skipping %s; it is still running", busy)
+            return None
+        print(f"tlexp: error: {busy}; wait for it or choose another hydra.run.dir", file=sys.stderr)
+        sys.exit(1)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     ckpt_path, earlier_run = resume_point(cfg, output_dir, previous, overrides, multirun)
-    if ckpt_path and not cfg.get("ckpt_path"):
+    before = read_result(earlier_run) if earlier_run else previous  # the attempt this one follows
+    if before is not None and before.status in DONE_STATUSES:  # a single run's directory used again
+        before = None
+    if before is not None and before.status == Status.KILLED:
+        log.warning("previous attempt was %s; %s", before.error,
+                    f"resuming from {ckpt_path}" if ckpt_path else "starting over: it left no checkpoint")
+    elif ckpt_path and not cfg.get("ckpt_path"):
         log.info("resuming the interrupted job from %s", ckpt_path)
     record = RunRecord(
         status=Status.RUNNING, overrides=overrides,
@@ -172,12 +186,16 @@ def main(cfg: DictConfig) -> float | None:
         lr_decay=cfg.strategy.get("lr_decay"), max_epochs=cfg.trainer.get("max_epochs"),
         weight_decay=cfg.strategy.get("optimizer", {}).get("weight_decay"), group=group,
         tags=list(cfg.get("tags", [])), resumed_from=str(ckpt_path) if ckpt_path else None,
+        attempts=[*(before.attempts or []), before.as_attempt()] if before else None,
+        epochs_done=(before.epochs_done or 0) if before and ckpt_path else 0, **liveness.identity(),
     )
-    report(record, output_dir)  # "running" on disk: a job killed without a word (SIGKILL) resumes next time
+    report(record, output_dir)  # "running" on disk: a job killed without a word (SIGKILL) reads as killed and resumes next time
     started = time.perf_counter()
     interruption: BaseException | None = None
+    heartbeat = Heartbeat(record, output_dir)
     try:
-        metrics = run(cfg, output_dir, record, ckpt_path)
+        with heartbeat:  # stopped before the final record below is written
+            metrics = run(cfg, output_dir, record, heartbeat, ckpt_path)
         record.update(status=Status.COMPLETED, metrics=metrics)
     except InvalidValue as error:
         record.update(status=Status.FAILED, error=f"config error: {error}")

@@ -147,8 +147,10 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
             parts.append(f"<div class='section'><div>{table_html(section.table, section.key)}</div>{image_html(section.figure)}</div>")
     unfinished = unfinished_table(jobs)
     if unfinished.rows:
-        parts.append("<h2 id='unfinished'>Diverged and interrupted jobs</h2><p>Not in the figures above: a diverged job's "
-                     "loss became non-finite; an interrupted one resumes when the sweep is run again.</p>"
+        parts.append("<h2 id='unfinished'>Diverged, interrupted and killed jobs</h2><p>Not in the figures above: a diverged "
+                     "job's loss became non-finite; an interrupted one (a signal) and a killed one (from outside: out of "
+                     "memory, a time limit, <code>kill -9</code>) resume from their last checkpoint when the sweep is run "
+                     "again.</p>"
                      + table_html(unfinished, "unfinished"))
     parts.append("<h2 id='jobs'>All jobs</h2>" + table_html(overview, "jobs") + "</body></html>")
     html_path = out / "report.html"

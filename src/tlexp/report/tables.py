@@ -119,15 +119,20 @@ def jobs_table(jobs: list[Job]) -> Table:
     return Table(columns, rows)
 
 
+UNFINISHED = (Status.DIVERGED, Status.INTERRUPTED, Status.KILLED)
+
+
 def unfinished_table(jobs: list[Job]) -> Table:
-    """Diverged and interrupted jobs, apart from the results: where they stopped and why."""
-    columns = ["job", "status", "strategy", "lr_head", "lr_backbone", "step", "last_finite_loss", "error"]
+    """Diverged, interrupted and killed jobs, apart from the results: where they stopped and why (a killed
+    job's cause: what the system says, where it says so)."""
+    columns = ["job", "status", "strategy", "lr_head", "lr_backbone", "epochs_done", "max_epochs", "step",
+               "last_finite_loss", "error", "cause"]
     rows = []
     for job in jobs:
-        if job.status in (Status.DIVERGED, Status.INTERRUPTED):
+        if job.status in UNFINISHED:
             record, details = job.record, job.record.diverged or {}
-            rows.append([job.name, job.status, record.strategy, record.lr_head, record.lr_backbone,
-                         details.get("step"), details.get("last_finite_loss"), record.error])
+            rows.append([job.name, job.status, record.strategy, record.lr_head, record.lr_backbone, record.epochs_done,
+                         record.max_epochs, details.get("step"), details.get("last_finite_loss"), record.error, record.cause])
     return Table(columns, rows)
 
 
