@@ -14,7 +14,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DDP = ["model=tiny", "data=synthetic", "strategy=gradual", "trainer=ddp", "trainer.accelerator=cpu",
+DDP = ["model=tiny", "data=synthetic", "strategy=gradual", "strategy.unfreeze_every=1", "trainer=ddp", "trainer.accelerator=cpu",
        "trainer.devices=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
 
 pytestmark = pytest.mark.slow

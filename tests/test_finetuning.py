@@ -173,6 +173,24 @@ def test_resume_with_a_different_schedule_is_refused(tmp_path):
         trainer(2, tmp_path, []).fit(other, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
 
+def test_resume_with_a_run_relative_schedule_matches_uninterrupted_run(tmp_path):
+    """unfreeze_by/lr_ratio: the plan comes from the run's length, so the resumed module rebuilds the same one
+    (three stages join at epoch 1, after the checkpoint, and three at epoch 2)."""
+    schedule = dict(unfreeze_by=0.5, max_epochs=3, lr_ratio=0.01, head_dropout=0.1)
+    assert build(Gradual, **schedule)[1].plan.start == {"stem": 2, "blocks.0": 2, "blocks.1": 2, "blocks.2": 1, "blocks.3": 1,
+                                                        "blocks.4": 1, "head": 0}
+    assert resume_differences(tmp_path, Gradual, epochs=3, **schedule) == []
+
+
+def test_resume_with_another_run_length_is_refused(tmp_path):
+    """A longer run spreads the stages differently: its plan is not the one the checkpoint was trained with."""
+    datamodule, module = build(Gradual, unfreeze_by=0.5, max_epochs=4)
+    trainer(1, tmp_path, [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]).fit(module, datamodule=datamodule)
+    datamodule, longer = build(Gradual, unfreeze_by=0.5, max_epochs=8)
+    with pytest.raises(ValueError, match="ckpt_path"):
+        trainer(8, tmp_path / "b", []).fit(longer, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
 def test_resume_from_a_checkpoint_without_a_plan_continues_with_a_warning(tmp_path, caplog):
     """Checkpoints of an older tlexp hold only the unfrozen stages: a sweep resumed after an upgrade goes on."""
     datamodule, module = build(Gradual, unfreeze_every=1)

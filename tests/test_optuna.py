@@ -19,9 +19,9 @@ OWN = {
     "frozen": {DECAY},  # the backbone never trains: no backbone rate to search
     "partial": {"strategy.lr_backbone", "strategy.frozen_depth", DECAY},
     "full": {"strategy.lr_backbone", DECAY},
-    "gradual": {"strategy.lr_backbone", "strategy.lr_decay", "strategy.unfreeze_every", DECAY},
-    "discriminative": {"strategy.lr_backbone", "strategy.lr_decay", DECAY},
-    "reinit": {"strategy.lr_backbone", "strategy.lr_decay", "strategy.reinit_stages", DECAY},
+    "gradual": {"strategy.lr_backbone", "strategy.lr_ratio", "strategy.unfreeze_by", DECAY},
+    "discriminative": {"strategy.lr_backbone", "strategy.lr_ratio", DECAY},
+    "reinit": {"strategy.lr_backbone", "strategy.lr_ratio", "strategy.reinit_stages", DECAY},
     "l2sp": {"strategy.lr_backbone", "strategy.alpha", "strategy.beta"},  # the penalty replaces weight decay
     "lora": {"strategy.lr_lora", "strategy.rank", DECAY},
     "distill": {"strategy.lr_backbone", "strategy.alpha", "strategy.temperature", DECAY},
@@ -73,7 +73,7 @@ def test_partial_searches_every_frozen_depth_of_efficientnet_lite0(tmp_path):
 
 @pytest.mark.slow
 def test_two_trials_of_gradual_search_its_own_keys(tmp_path):
-    """A real search: 2 trials of strategy=gradual, whose lr_decay and unfreeze_every reach the strategy."""
+    """A real search: 2 trials of strategy=gradual, whose lr_ratio and unfreeze_by reach the strategy."""
     result = run_train(tmp_path, "hparams_search=optuna", "strategy=gradual", "hydra.sweeper.n_trials=2",
                        "trainer.max_epochs=1", multirun=True, check=False)
     assert result.returncode == 0, result.stdout[-6000:]

@@ -63,7 +63,7 @@ def assert_same_weights(a, b, **tolerance):
         torch.testing.assert_close(tensor, b.state_dict()[name], **tolerance, msg=name)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(Partial, {"frozen_depth": 3}), (Gradual, {})])
+@pytest.mark.parametrize("cls, kwargs", [(Partial, {"frozen_depth": 3}), (Gradual, {"unfreeze_every": 1})])
 def test_cached_and_uncached_runs_train_the_same_weights(tmp_path, cls, kwargs):
     plain, _, plain_trainer = run(cls, tmp_path / "plain", False, **kwargs)
     cached, datamodule, cached_trainer = run(cls, tmp_path / "cached", True, **kwargs)
@@ -83,8 +83,8 @@ def test_cached_and_uncached_runs_train_the_same_weights(tmp_path, cls, kwargs):
 
 
 def test_float16_storage_stays_close(tmp_path):
-    plain, _, plain_trainer = run(Gradual, tmp_path / "plain", False)
-    half, _, half_trainer = run(Gradual, tmp_path / "half", True, dtype="float16")
+    plain, _, plain_trainer = run(Gradual, tmp_path / "plain", False, unfreeze_every=1)
+    half, _, half_trainer = run(Gradual, tmp_path / "half", True, dtype="float16", unfreeze_every=1)
     assert prefix_cache(half_trainer).dtype == torch.float16
     assert_same_weights(plain, half, rtol=0, atol=2e-3)
     assert float(half_trainer.callback_metrics["val/acc"]) == pytest.approx(float(plain_trainer.callback_metrics["val/acc"]), abs=1 / 32)
@@ -101,11 +101,11 @@ class StopAfter(Callback):
 def resumed_run(root, cache):
     """Gradual, stopped after epoch 2 of 4 (the boundary has moved twice), resumed by a fresh module and trainer."""
     backbone, datamodule = setup()
-    first = Gradual(backbone, datamodule.num_classes, cache_features=cache, cache_dtype="float32", head_dropout=0.1)
+    first = Gradual(backbone, datamodule.num_classes, unfreeze_every=1, cache_features=cache, cache_dtype="float32", head_dropout=0.1)
     saver = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
     trainer(root / "first", 4, callbacks=[StopAfter(2), saver]).fit(first, datamodule=datamodule)
     backbone, datamodule = setup()
-    resumed = Gradual(backbone, datamodule.num_classes, cache_features=cache, cache_dtype="float32", head_dropout=0.1)
+    resumed = Gradual(backbone, datamodule.num_classes, unfreeze_every=1, cache_features=cache, cache_dtype="float32", head_dropout=0.1)
     second = trainer(root / "second", 4, enable_checkpointing=False)
     second.fit(resumed, datamodule=datamodule, ckpt_path=str(root / "ckpt" / "last.ckpt"))
     assert prefix_cache(second).enabled is cache and second.current_epoch == 4
@@ -245,7 +245,7 @@ def test_gradual_computes_only_what_another_job_has_not_stored(tmp_path):
     from tlexp.strategies import Frozen
     trainer(tmp_path / "frozen", 1, enable_checkpointing=False).fit(
         Frozen(backbone, datamodule.num_classes, cache_dir=cache_dir), datamodule=datamodule)
-    _, _, fitted = run(Gradual, tmp_path / "gradual", True, cache_dir=cache_dir)
+    _, _, fitted = run(Gradual, tmp_path / "gradual", True, cache_dir=cache_dir, unfreeze_every=1)
     splits = prefix_cache(fitted).report["splits"]
     top = max(int(name.split("@")[1]) for name in splits)
     assert splits[f"train@{top}"]["hit"] and not splits[f"train@{top - 1}"]["hit"]
@@ -257,15 +257,15 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path):
     from test_interruption import SignalAt
     from tlexp.callbacks import Interrupted, Interruption
 
-    uninterrupted, datamodule, _ = run(Gradual, tmp_path / "a", True)
+    uninterrupted, datamodule, _ = run(Gradual, tmp_path / "a", True, unfreeze_every=1)
     stop_at = len(datamodule.train_dataloader()) + 1  # in the second epoch
     backbone, datamodule = setup()
-    first = Gradual(backbone, datamodule.num_classes, cache_features=True, cache_dtype="float32", head_dropout=0.1)
+    first = Gradual(backbone, datamodule.num_classes, unfreeze_every=1, cache_features=True, cache_dtype="float32", head_dropout=0.1)
     with pytest.raises(Interrupted):
         trainer(tmp_path / "b", 4, enable_checkpointing=False,
                 callbacks=[SignalAt(stop_at), Interruption(tmp_path / "ckpt")]).fit(first, datamodule=datamodule)
     backbone, datamodule = setup()
-    resumed = Gradual(backbone, datamodule.num_classes, cache_features=True, cache_dtype="float32", head_dropout=0.1)
+    resumed = Gradual(backbone, datamodule.num_classes, unfreeze_every=1, cache_features=True, cache_dtype="float32", head_dropout=0.1)
     trainer(tmp_path / "c", 4, enable_checkpointing=False).fit(resumed, datamodule=datamodule,
                                                               ckpt_path=tmp_path / "ckpt" / "interrupted.ckpt")
     assert_same_weights(uninterrupted, resumed, rtol=0, atol=0)

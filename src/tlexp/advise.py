@@ -115,7 +115,7 @@ def recommend(train_size: int, gain: float, probe: float, stage_names: list[str]
                              f"strategy.milestones={{{stage_names[-1]}:1,{stage_names[-2]}:2}}"],
                              "gradual unfreezing of the last two stages"),
         ("medium", "low"): ("gradual", depth, 1e-3, ["strategy=gradual", "strategy.lr_backbone=1e-3",
-                            f"strategy.lr_decay={(1e-2) ** (1 / max(depth - 1, 1)):.3g}"],
+                            "strategy.lr_ratio=0.01"],
                             "gradual unfreezing with discriminative rates, 1e-3 at the top to 1e-5 at the stem"),
         ("large", "high"): ("full", 0, 1e-4, ["strategy=full", "strategy.lr_backbone=1e-4"], "full fine-tuning, low rate"),
         ("large", "low"): ("full", 0, 1e-4, ["strategy=full", "strategy.lr_backbone=1e-4"],

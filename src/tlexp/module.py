@@ -26,6 +26,15 @@ from tlexp.schedules import StageLR, make_schedule
 from tlexp.stages import HEAD, Stage, split_stages
 
 
+def stage_factors(count: int, lr_ratio: float = 1.0, lr_decay: float | None = None) -> list[float]:
+    """Rate multipliers of ``count`` stages, top stage first. By default geometric from 1 at the top to
+    ``lr_ratio`` at the lowest stage, so a schedule means the same on backbones with any number of stages;
+    ``lr_decay``, when given, instead multiplies the rate by a fixed factor per stage further down."""
+    if lr_decay is not None:
+        return [lr_decay**depth for depth in range(count)]
+    return [lr_ratio ** (depth / (count - 1)) for depth in range(count)] if count > 1 else [1.0] * count
+
+
 def _listed(name: str, entries: set[str]) -> bool:
     """Whether a ``no_weight_decay()`` entry names this parameter: exactly, as an enclosing module
     (``pos_embed`` for ``pos_embed.weight``) or as a wildcard pattern (XCiT's ``pos_embed.*``), as timm matches them."""
@@ -45,7 +54,8 @@ class TransferModule(L.LightningModule):
         optimizer: Callable = partial(torch.optim.AdamW, weight_decay=0.01),
         lr_head: float = 1e-2,
         lr_backbone: float = 1e-4,
-        lr_decay: float = 1.0,
+        lr_ratio: float = 1.0,
+        lr_decay: float | None = None,
         schedule: str = "warmup_cosine",
         warmup_fraction: float = 0.1,
         head: str = "linear",
@@ -79,12 +89,11 @@ class TransferModule(L.LightningModule):
         return {stage.name: 0 for stage in self.stages}
 
     def stage_lrs(self) -> dict[str, float]:
-        """Base rate per stage: the head at ``lr_head``; backbone stages at ``lr_backbone``,
-        multiplied by ``lr_decay`` once per stage below the top backbone stage."""
-        rates = {HEAD: self.hparams.lr_head}
-        for depth, stage in enumerate(reversed(self.backbone_stages)):
-            rates[stage.name] = self.hparams.lr_backbone * self.hparams.lr_decay**depth
-        return rates
+        """Base rate per stage: the head at ``lr_head``; backbone stages from ``lr_backbone`` at the top
+        down to ``lr_backbone * lr_ratio`` at the lowest one (``stage_factors``; ``lr_decay`` per stage if set)."""
+        stages = self.backbone_stages
+        factors = reversed(stage_factors(len(stages), self.hparams.lr_ratio, self.hparams.lr_decay))
+        return {**{stage.name: self.hparams.lr_backbone * f for stage, f in zip(stages, factors)}, HEAD: self.hparams.lr_head}
 
     def freeze_plan(self) -> FreezePlan:
         """The strategy's decisions, checked: everything else reads them through ``plan``."""

@@ -70,7 +70,8 @@ class RunRecord:
     seed: int | None = None  # the global seed
     lr_head: float | None = None  # the head's base learning rate
     lr_backbone: float | None = None  # the top backbone stage's base learning rate
-    lr_decay: float | None = None  # factor on the rate per backbone stage further down (discriminative)
+    lr_ratio: float | None = None  # the lowest backbone stage's rate / the top one's (per-stage rates; lr_decay wins)
+    lr_decay: float | None = None  # when set: factor on the rate per backbone stage further down, instead of lr_ratio
     max_epochs: int | None = None  # trainer.max_epochs
     weight_decay: float | None = None  # the optimizer's weight decay
     group: str | None = None  # W&B group: the experiment's, or the sweep directory's name

@@ -183,7 +183,7 @@ def main(cfg: DictConfig) -> float | None:
         strategy=target_name(cfg.strategy), model=cfg.model.name, data=target_name(cfg.data), dataset=dataset_name(cfg.data),
         fraction=cfg.data.get("fraction"), seed=cfg.seed,
         lr_head=cfg.strategy.get("lr_head"), lr_backbone=cfg.strategy.get("lr_backbone"),
-        lr_decay=cfg.strategy.get("lr_decay"), max_epochs=cfg.trainer.get("max_epochs"),
+        lr_ratio=cfg.strategy.get("lr_ratio"), lr_decay=cfg.strategy.get("lr_decay"), max_epochs=cfg.trainer.get("max_epochs"),
         weight_decay=cfg.strategy.get("optimizer", {}).get("weight_decay"), group=group,
         tags=list(cfg.get("tags", [])), resumed_from=str(ckpt_path) if ckpt_path else None,
         attempts=[*(before.attempts or []), before.as_attempt()] if before else None,

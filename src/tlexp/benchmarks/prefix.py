@@ -50,7 +50,7 @@ def section_prefix(settings: Settings, depths: list[int] | None = None) -> dict:
     stages = len(Partial(make_backbone(settings.model), 10).backbone_stages)
     rows = [pair(settings, f"partial, frozen depth {d}", Partial, frozen_depth=d)
             for d in (depths if depths is not None else range(stages + 1))]
-    rows.append(pair(settings, f"gradual (unfreeze_every=1, {settings.prefix_epochs} epochs)", Gradual))
+    rows.append(pair(settings, f"gradual (unfreeze_every=1, {settings.prefix_epochs} epochs)", Gradual, unfreeze_every=1))
     swept = rows[:-1]
     sweep = {name: sum(r[name]["total_s"] for r in swept) for name in ("uncached", "cached")}
     return {"rows": rows, "frozen_depth_sweep": {**sweep, "speedup": sweep["uncached"] / sweep["cached"] if sweep["cached"] else None,

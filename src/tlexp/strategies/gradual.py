@@ -1,3 +1,5 @@
+import math
+
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import InvalidValue
@@ -6,6 +8,16 @@ from tlexp.module import TransferModule
 from tlexp.stages import HEAD
 
 UNFREEZE_ON = ("schedule", "plateau")
+
+
+def spread_starts(count: int, unfreeze_by: float, max_epochs: int) -> list[int]:
+    """Start epochs of ``count`` stages, top stage first, for a run of ``max_epochs``: the head trains alone
+    in epoch 0, then stage k (1 = top) starts at ``ceil(k * last / count)``, where ``last``, the epoch from
+    which every stage trains, is ``ceil(unfreeze_by * max_epochs)`` within [1, max_epochs - 1] (so the
+    lowest stage trains at least in the last epoch; a one-epoch run trains everything from epoch 0).
+    With fewer epochs than stages, several stages start together."""
+    last = min(max_epochs - 1, max(1, math.ceil(round(unfreeze_by * max_epochs, 9))))
+    return [-(-k * last // count) for k in range(1, count + 1)]
 
 
 def plateaued(history: list[float], patience: int, min_delta: float, since: int = 0) -> bool:
@@ -19,9 +31,11 @@ def plateaued(history: list[float], patience: int, min_delta: float, since: int 
 
 
 class Gradual(CachesPrefix, TransferModule):
-    """ULMFiT gradual unfreezing: the head first, then one more stage from the top every
-    ``unfreeze_every`` epochs, or at the epochs of an explicit ``milestones`` mapping
-    (stage name -> epoch; stages it does not name stay frozen).
+    """ULMFiT gradual unfreezing: the head first, then the backbone stages from the top down, spread
+    evenly so that every stage trains once ``unfreeze_by`` of the run's ``max_epochs`` are over
+    (``spread_starts``), whatever the number of stages. The per-stage forms still work and take
+    precedence: one more stage every ``unfreeze_every`` epochs, or the epochs of an explicit ``milestones``
+    mapping (stage name -> epoch; stages it does not name stay frozen), which wins over both.
 
     ``unfreeze_on=plateau``: instead, the next stage unfreezes after an epoch in which ``val/acc``
     has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
@@ -31,16 +45,22 @@ class Gradual(CachesPrefix, TransferModule):
     ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
     (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
 
-    def __init__(self, *args, unfreeze_every: int = 1, milestones: dict | None = None, unfreeze_on: str = "schedule",
-                 patience: int = 1, min_delta: float = 0.0, stop_at_plateau: bool = True, **kwargs):
+    def __init__(self, *args, unfreeze_by: float = 0.5, max_epochs: int | None = None, unfreeze_every: int | None = None,
+                 milestones: dict | None = None, unfreeze_on: str = "schedule", patience: int = 1, min_delta: float = 0.0,
+                 stop_at_plateau: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         names = [stage.name for stage in self.backbone_stages]
         milestones = dict(milestones) if milestones else None
         for name in milestones or {}:
             if name not in names:
                 raise InvalidValue("milestones", name, f"stage names {names}")
-        self.hparams.update(unfreeze_every=unfreeze_every, milestones=milestones, unfreeze_on=unfreeze_on, patience=patience,
-                            min_delta=min_delta, stop_at_plateau=stop_at_plateau)
+        paced_by_run = unfreeze_on == "schedule" and not milestones and unfreeze_every is None
+        if paced_by_run and not (isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1):
+            raise InvalidValue("max_epochs", max_epochs, "the run's epoch count, an integer >= 1 (the config passes "
+                               "trainer.max_epochs)", "unfreeze_by is a share of it")
+        self.hparams.update(unfreeze_by=unfreeze_by, max_epochs=max_epochs, unfreeze_every=unfreeze_every,
+                            milestones=milestones, unfreeze_on=unfreeze_on, patience=patience, min_delta=min_delta,
+                            stop_at_plateau=stop_at_plateau)
         self.unfrozen_at: dict[str, int] = {}
         """unfreeze_on=plateau: stage -> the epoch it was unfrozen for, decided during training."""
 
@@ -50,8 +70,11 @@ class Gradual(CachesPrefix, TransferModule):
         elif self.hparams.milestones:
             epochs = {stage.name: self.hparams.milestones.get(stage.name) for stage in self.backbone_stages}
         else:
-            top_down = reversed(self.backbone_stages)
-            epochs = {stage.name: (k + 1) * self.hparams.unfreeze_every for k, stage in enumerate(top_down)}
+            top_down = list(reversed(self.backbone_stages))
+            starts = ([(k + 1) * self.hparams.unfreeze_every for k in range(len(top_down))]
+                      if self.hparams.unfreeze_every is not None
+                      else spread_starts(len(top_down), self.hparams.unfreeze_by, self.hparams.max_epochs))
+            epochs = {stage.name: start for stage, start in zip(top_down, starts)}
         return {**{stage.name: epochs.get(stage.name) for stage in self.backbone_stages}, HEAD: 0}
 
     def unfreeze_next(self, epoch: int) -> bool:

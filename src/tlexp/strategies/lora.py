@@ -18,7 +18,7 @@ from collections import OrderedDict
 from torch import nn
 
 from tlexp.errors import InvalidValue
-from tlexp.module import TransferModule
+from tlexp.module import TransferModule, stage_factors
 from tlexp.stages import HEAD, Stage, split_stages
 
 TARGET_STAGES = "all, top:<k> (the k stages nearest the head) or a list of backbone stage names"
@@ -70,8 +70,8 @@ def inject(backbone: nn.Module, rank: int, alpha: float, dropout: float, target_
 
 class Lora(TransferModule):
     """Frozen backbone with trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``, input dropout
-    ``dropout``) on the stages ``target_stages`` names, at ``lr_lora`` (times ``lr_decay`` per adapted
-    stage below the top); the new head at ``lr_head``."""
+    ``dropout``) on the stages ``target_stages`` names, at ``lr_lora`` at the top adapted stage down to
+    ``lr_lora * lr_ratio`` at the lowest (or ``lr_decay`` per adapted stage); the new head at ``lr_head``."""
 
     def __init__(self, backbone: nn.Module, *args, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  target_stages="all", lr_lora: float = 1e-3, **kwargs):
@@ -114,11 +114,12 @@ class Lora(TransferModule):
         return {stage.name: 0 if stage.name in trained else None for stage in self.stages}
 
     def stage_lrs(self):
-        """Adapters at ``lr_lora * lr_decay^k`` (k-th adapted stage below the top); the base stages never
-        train (their rate is only a placeholder the plan requires)."""
+        """Adapters at ``lr_lora`` times their ``stage_factors`` (top adapted stage first); the base stages
+        never train (their rate is only a placeholder the plan requires)."""
         rates = {stage.name: self.hparams.lr_backbone for stage in self.stages}
-        for depth, name in enumerate(reversed(self.adapter_stages)):
-            rates[name] = self.hparams.lr_lora * self.hparams.lr_decay**depth
+        adapters = list(reversed(self.adapter_stages))
+        factors = stage_factors(len(adapters), self.hparams.lr_ratio, self.hparams.lr_decay)
+        rates.update({name: self.hparams.lr_lora * factor for name, factor in zip(adapters, factors)})
         rates[HEAD] = self.hparams.lr_head
         return rates
 
