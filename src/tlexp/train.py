@@ -200,8 +200,8 @@ def main(cfg: DictConfig) -> float | None:
     if interruption is not None:  # stop here, also a sweep: the process is being stopped
         print(f"tlexp: {record.error}; run the same command again to resume", file=sys.stderr)
         raise SystemExit(interruption.code if isinstance(interruption, SystemExit) and interruption.code else 130)
-    if multirun:  # recorded in result.json; the sweep goes on. None, not NaN: hydra-optuna-sweeper
-        return None  # marks a None trial failed and continues, while optuna 2.x's tell() raises on NaN
+    if multirun:  # recorded in result.json; the sweep goes on (the Optuna sweeper marks the trial FAIL)
+        return None
     print(f"tlexp: error: {record.error}", file=sys.stderr)
     sys.exit(1)
 
