@@ -30,6 +30,7 @@ class Status(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"  # an error (``error`` says which)
     DIVERGED = "diverged"  # non-finite loss, a result of its settings (``diverged`` says where)
+    PRUNED = "pruned"  # a race trial its pruner stopped early, also a result of its settings (tlexp.race)
     INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint: re-running resumes it
     SKIPPED = "skipped"  # never in result.json: the sweep summary's name for a job an earlier run completed
 
@@ -39,8 +40,8 @@ class Status(str, Enum):
 
 STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
 """The values ``result.json`` holds."""
-FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
-DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED)
+FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED, Status.PRUNED)
+DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED, Status.PRUNED)
 """A re-run of a sweep skips these: running them again would give the same result."""
 
 

@@ -36,7 +36,7 @@ def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> st
     return config.get("group") or sweep_dir.name
 
 
-BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
+BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
 
 
 def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
@@ -54,6 +54,8 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
             entry.update(status=job.status, error=record.error or f"status {job.status}")
             if job.status in (Status.INTERRUPTED, Status.RUNNING):  # running: killed without a word
                 summary[Status.INTERRUPTED].append(entry)
+            elif job.status == Status.PRUNED:
+                summary[Status.PRUNED].append(entry)
             else:
                 summary[Status.DIVERGED if job.status == Status.DIVERGED else Status.FAILED].append(entry)
     summary["counts"] = {key: len(summary[key]) for key in BUCKETS}
@@ -64,13 +66,14 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
 def format_summary(summary: dict) -> str:
     counts = summary["counts"]
     lines = [f"tlexp sweep {summary['sweep_dir']} (group {summary['group']}): {counts['completed']} completed, "
-             f"{counts['skipped']} skipped (already completed), {counts['diverged']} diverged, "
+             f"{counts['skipped']} skipped (already completed), "
+             + (f"{counts['pruned']} pruned, " if counts["pruned"] else "") + f"{counts['diverged']} diverged, "
              f"{counts['interrupted']} interrupted, {counts['failed']} failed, {counts['total']} jobs"]
     for key in ("completed", "skipped"):
         for entry in summary[key]:
             acc = entry.get("test_acc")
             lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else ""))
-    for key in ("diverged", "interrupted", "failed"):
+    for key in ("pruned", "diverged", "interrupted", "failed"):
         for entry in summary[key]:
             error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
             lines.append(f"  {key:11s} {entry['job']}  {error[-1].strip()}")  # the cause: the last line
