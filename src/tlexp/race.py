@@ -46,6 +46,10 @@ RACE_FILE = "race.json"
 OBJECTIVE = "val/acc_best"
 """What a trial is selected by: the best validation accuracy over its epochs (the test split is never seen)."""
 
+TRIAL = ("test=false", "callbacks.layer_movement=null")
+"""A search trial is not tested (selection on validation only) and skips the per-stage movement analysis
+(seconds per trial; the confirmation runs keep it)."""
+
 try:
     import fcntl
 except ImportError:  # not POSIX: workers do not share confirmation jobs (each may run them)
@@ -62,7 +66,7 @@ def cells(arguments: list[str]) -> tuple[list[list[str]], dict[str, str]]:
     for override in OverridesParser.create().parse_overrides(arguments):
         key = override.get_key_element()
         if override.is_sweep_override() and key.startswith("strategy."):
-            space[key] = override.get_value_element_as_str()
+            space[key] = override.input_line.split("=", 1)[1]
         elif override.is_sweep_override():
             sweeps.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
@@ -127,7 +131,7 @@ class Race:
     def search(self, cell: list[str], name: str, strategy: str) -> optuna.Study:
         study = self.study(name, strategy)
         while (trial := studies.claim(study, int(self.settings.trials))) is not None:
-            overrides = [*cell, f"strategy={strategy}", *search_space.suggest(trial, self.spaces[strategy]), "test=false"]
+            overrides = [*cell, f"strategy={strategy}", *search_space.suggest(trial, self.spaces[strategy]), *TRIAL]
             subdir = f"{name}/{strategy}/{studies.job_number(trial)}"
             trial.set_user_attr("job", subdir)
             try:
