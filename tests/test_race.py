@@ -82,7 +82,7 @@ def test_the_command_line_splits_into_cells_and_search_spaces():
     assert space == {"strategy.frozen_depth": "int(interval(0,6))"}
 
 
-RACE = ("experiment=race", "trainer.max_epochs=2", "race.trials=2", "race.seeds=2", "race.strategies=[frozen,full]")
+RACE = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.trials=2", "race.seeds=2", "race.strategies=[frozen,full]")
 
 
 def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
@@ -122,7 +122,7 @@ def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
 def test_two_workers_share_one_race(tmp_path):
     """Two train.py processes started at once with the same race directory and storage: 3 trials in all, no
     settings run twice, each confirmation once, and both print the same verdict."""
-    args = merge_overrides("experiment=race", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
+    args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
                            "race.strategies=[frozen]", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
                            base=TINY)
     workers = [subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
