@@ -165,3 +165,20 @@ def test_a_pretrained_backbone_is_read_once_and_built_as_before(tmp_path):
     torch.manual_seed(2)  # another seed: built again
     backbones.create_backbone("test_efficientnet", weights=str(path), img_size=32)
     assert len(backbones._BUILT) == 1
+
+
+def test_the_verdict_in_the_report(tmp_path):
+    """report.html shows race.json as a leaderboard with its intervals; report.json holds the same rows."""
+    from tlexp.report import generate
+
+    entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
+                             "val_acc_best": 0.8, "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
+                            {"strategy": "frozen", "test_acc": {"0": 0.70, "1": 0.75}, "best_params": {}, "val_acc_best": 0.7,
+                             "search": {"trials": 4, "pruned": 1, "failed": 0, "epochs": 11, "image_epochs": 6600, "seconds": 3.0}}])
+    (tmp_path / "race.json").write_text(json.dumps({"cells": [{"cell": "data.fraction=0.01", "strategies": entries}]}))
+    page = generate(tmp_path, figures=False).read_text()
+    assert "Race verdict" in page and "<td>winner</td>" in page and "<td>0.8200</td>" in page
+    rows = read_json(tmp_path / "report.json")["tables"]["verdict"]
+    full, frozen = rows
+    assert full["verdict"] == "winner" and full["best_params"] == "lr_backbone=0.001" and full["pruned"] == 2
+    assert frozen["acc_diff_to_winner"] == pytest.approx(-0.095) and frozen["test_acc_ci_low"] == pytest.approx(entries[1]["ci"][0])

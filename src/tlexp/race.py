@@ -39,10 +39,9 @@ from scipy import stats
 
 from tlexp import search_space, study as studies
 from tlexp.errors import ConfigError
-from tlexp.results import Status, read_result
+from tlexp.results import RACE_FILE, Status, read_result
 
 log = logging.getLogger("tlexp.race")
-RACE_FILE = "race.json"
 OBJECTIVE = "val/acc_best"
 """What a trial is selected by: the best validation accuracy over its epochs (the test split is never seen)."""
 

@@ -19,6 +19,8 @@ from pathlib import Path
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "sweep_summary.json"
 """Written by ``sweep.SweepSummary`` into the sweep directory; the report shows its counts."""
+RACE_FILE = "race.json"
+"""Written by ``race.Race`` into the race directory: the verdict; the report and the W&B summary run show it."""
 HISTORY_FILE = "metrics.csv"
 EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", "time/elapsed_s")
 

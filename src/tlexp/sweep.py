@@ -22,6 +22,7 @@ from tlexp.errors import InvalidValue
 from tlexp.loggers import resolve_wandb_mode
 from tlexp.report.wandb_charts import charts
 from tlexp.report import generate, report_figures
+from tlexp.report.tables import verdict_table
 from tlexp.results import SUMMARY_FILE, Job, Status, load_jobs
 
 log = logging.getLogger("tlexp.sweep")
@@ -116,6 +117,10 @@ def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: l
                      settings=wandb.Settings(init_timeout=60, silent=True))
     try:
         payload = {"jobs": jobs_as_table(jobs), **charts(jobs)}
+        verdict = verdict_table(sweep_dir)
+        if verdict.rows:  # experiment=race: the leaderboard with its intervals
+            payload["race/verdict"] = wandb.Table(columns=verdict.columns, data=[[_cell(v) for v in row] for row in verdict.rows])
+            run.summary.update({f"race/{row[0]}/{row[1]}/test_acc_mean": row[3] for row in verdict.rows if row[3] is not None})
         payload.update({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         run.log(payload)
         run.summary.update({f"jobs/{key}": value for key, value in summary["counts"].items()})
