@@ -182,3 +182,12 @@ def test_the_verdict_in_the_report(tmp_path):
     full, frozen = rows
     assert full["verdict"] == "winner" and full["best_params"] == "lr_backbone=0.001" and full["pruned"] == 2
     assert frozen["acc_diff_to_winner"] == pytest.approx(-0.095) and frozen["test_acc_ci_low"] == pytest.approx(entries[1]["ci"][0])
+
+
+@pytest.mark.parametrize("override, key", [("race.trials=0", "race.trials"), ("race.seeds=two", "race.seeds"),
+                                           ("race.strategies=[full,nope]", "race.strategies")])
+def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
+    """One clear error naming the key and what it accepts; nothing written."""
+    code, output = main_inprocess(tmp_path / "run", "experiment=race", override, f"hydra.sweep.dir={tmp_path / 'race'}")
+    assert code != 0 and f"{key}=" in output and "accepted:" in output, output[-3000:]
+    assert not (tmp_path / "race").exists()

@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from tlexp import search_space, study as studies
-from tlexp.errors import ConfigError
+from tlexp.errors import ConfigError, InvalidValue
 from tlexp.results import RACE_FILE, Status, read_result
 
 log = logging.getLogger("tlexp.race")
@@ -110,11 +110,16 @@ class Race:
         self.seed = int(config.seed)
         self.storage = self.settings.storage or f"sqlite:///{(self.dir / 'race.db').resolve()}"
         self.strategies = list(self.settings.strategies)
-        if int(self.settings.trials) < 1 or int(self.settings.seeds) < 1 or not self.strategies:
-            raise ConfigError("race", {k: self.settings[k] for k in ("trials", "seeds", "strategies")},
-                              "race.trials >= 1, race.seeds >= 1 and at least one strategy in race.strategies")
+        for key in ("trials", "seeds"):
+            if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < 1:
+                raise ConfigError(f"race.{key}", self.settings[key], "an integer >= 1")
+        if not self.strategies:
+            raise ConfigError("race.strategies", self.strategies, "a list of one or more strategies")
         self.cells, self.space_overrides = cells(self.arguments)
-        self.spaces = {name: self.space(name) for name in self.strategies}  # a strategy without a space fails here
+        try:
+            self.spaces = {name: self.space(name) for name in self.strategies}
+        except InvalidValue as error:  # a strategy without a search space
+            raise ConfigError("race.strategies", error.value, error.accepted) from None
 
     def space(self, strategy: str) -> dict:
         entries = search_space.strategy_space(strategy)

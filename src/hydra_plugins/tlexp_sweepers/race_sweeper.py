@@ -3,12 +3,15 @@ confirmation a job composed by Hydra from the race's config and overrides, as a 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hydra.core.utils import run_job, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
+
+from tlexp.errors import InvalidValue
 
 
 class RaceSweeper(Sweeper):
@@ -34,5 +37,10 @@ class RaceSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from tlexp.race import Race
 
+        try:
+            race = Race(self.config, arguments, self.run_job)  # checks race.* before anything is written
+        except InvalidValue as error:
+            print(f"tlexp: error: {error}", file=sys.stderr)
+            sys.exit(1)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        Race(self.config, arguments, self.run_job).run()
+        race.run()
