@@ -38,10 +38,12 @@ def test_the_verdict_intervals_come_from_the_t_distribution():
     assert d["strategy"] == "d" and "mean" not in d
 
 
-def test_each_trial_is_proposed_once_whoever_asks(tmp_path):
-    """Two processes on one storage (two study objects here) with the same sampler seed propose different
-    settings; the proposal depends on the trial number, not on the process that asks."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
+@pytest.mark.parametrize("storage", ["sqlite:///{}/s.db", "{}/journal/s.log"])
+def test_each_trial_is_proposed_once_whoever_asks(tmp_path, storage):
+    """Two processes on one storage (an SQLite file, or a journal file in a folder not made yet; two study objects
+    here) with the same sampler seed propose different settings; the proposal depends on the trial number, not
+    on the process that asks."""
+    url = storage.format(tmp_path)
     one, two = make_study(url), make_study(url)
     space = optuna.distributions.FloatDistribution(0.0, 1.0)
     values = []
