@@ -112,7 +112,8 @@ def test_rerun_skips_completed_jobs(sweep):
     _, second, sweep_dir, stamps = sweep
     assert second.returncode == 0, second.stdout[-6000:]
     summary = read_json(sweep_dir / "sweep_summary.json")
-    assert summary["counts"] == {"completed": 0, "skipped": 4, "diverged": 0, "interrupted": 0, "killed": 0, "failed": 2, "total": 6}
+    assert summary["counts"] == {"completed": 0, "skipped": 4, "pruned": 0, "diverged": 0, "interrupted": 0, "killed": 0,
+                                 "failed": 2, "total": 6}
     assert all("data.fraction=2" in entry["job"] and "data.fraction" in entry["error"] for entry in summary["failed"])
     assert {e["job"] for e in summary["skipped"]} == {n for n, r in job_records(sweep_dir).items() if r["status"] == "completed"}
     assert second.stdout.count("already completed") >= 4

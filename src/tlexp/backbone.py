@@ -6,6 +6,8 @@ The classifier is ours (see ``tlexp.heads``), so the backbone is always built wi
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from pathlib import Path
 
 import timm
@@ -70,6 +72,31 @@ def create_backbone(
     pretrained position embeddings), and any model is checked on one image of that size, so a size
     it cannot take is an InvalidValue here instead of a shape error in the first training step.
     """
+    if pretrained or weights is not None:  # a race builds the same pretrained backbone for every trial
+        return _built((name, pretrained, weights, num_classes, img_size, repr(sorted((kwargs or {}).items()))),
+                      lambda: _create_checked(name, pretrained, weights, num_classes, img_size, kwargs))
+    return _create_checked(name, pretrained, weights, num_classes, img_size, kwargs)
+
+
+_BUILT: dict[tuple, tuple[nn.Module, torch.Tensor]] = {}
+
+
+def _built(key: tuple, create) -> nn.Module:
+    """A copy of the backbone built before in this process from the same arguments and the same torch RNG
+    state (the seed), with the RNG left where building it left it: the same model and the same random
+    numbers afterwards (the head's init) as building it again, without reading the weights again."""
+    key = (*key, hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest())
+    if key not in _BUILT:
+        backbone = create()
+        _BUILT.clear()  # one at a time: a race uses one backbone
+        _BUILT[key] = (backbone, torch.get_rng_state())
+    backbone, rng_after = _BUILT[key]
+    torch.set_rng_state(rng_after)
+    return copy.deepcopy(backbone)
+
+
+def _create_checked(name: str, pretrained: bool, weights: str | None, num_classes: int, img_size: int | None,
+                    kwargs: dict | None) -> nn.Module:
     timm_kwargs = dict(kwargs or {})
     if name not in timm.list_models() and not timm.is_model(name):
         raise InvalidValue("name", name, "a timm model name (see timm.list_models())")

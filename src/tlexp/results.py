@@ -24,6 +24,8 @@ from tlexp import liveness
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "sweep_summary.json"
 """Written by ``sweep.SweepSummary`` into the sweep directory; the report shows its counts."""
+RACE_FILE = "race.json"
+"""Written by ``race.Race`` into the race directory: the verdict; the report and the W&B summary run show it."""
 HISTORY_FILE = "metrics.csv"
 EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", "time/elapsed_s")
 
@@ -35,6 +37,7 @@ class Status(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"  # an error (``error`` says which)
     DIVERGED = "diverged"  # non-finite loss, a result of its settings (``diverged`` says where)
+    PRUNED = "pruned"  # a race trial its pruner stopped early, also a result of its settings (tlexp.race)
     INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint: re-running resumes it
     KILLED = "killed"  # never written by the job itself: read_result's name for a `running` record whose process is gone
     SKIPPED = "skipped"  # never in result.json: the sweep summary's name for a job an earlier run completed
@@ -45,8 +48,8 @@ class Status(str, Enum):
 
 STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
 """The values ``result.json`` holds (``killed`` only in a record that a later attempt took over)."""
-FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
-DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED)
+FINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.DIVERGED, Status.PRUNED)
+DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED, Status.PRUNED)
 """A re-run of a sweep skips these: running them again would give the same result."""
 
 

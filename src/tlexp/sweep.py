@@ -22,6 +22,7 @@ from tlexp.errors import InvalidValue
 from tlexp.loggers import resolve_wandb_mode
 from tlexp.report.wandb_charts import charts
 from tlexp.report import generate, report_figures
+from tlexp.report.tables import verdict_table
 from tlexp.results import SUMMARY_FILE, Job, Status, load_jobs
 
 log = logging.getLogger("tlexp.sweep")
@@ -36,7 +37,8 @@ def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> st
     return config.get("group") or sweep_dir.name
 
 
-BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.DIVERGED, Status.INTERRUPTED, Status.KILLED, Status.FAILED)
+BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.KILLED,
+           Status.FAILED)
 
 
 def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: str) -> dict:
@@ -61,6 +63,8 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
                 summary[Status.KILLED].append(entry)
             elif job.status in (Status.INTERRUPTED, Status.RUNNING):  # running: a record too old to tell whether it was killed
                 summary[Status.INTERRUPTED].append(entry)
+            elif job.status == Status.PRUNED:
+                summary[Status.PRUNED].append(entry)
             else:
                 summary[Status.DIVERGED if job.status == Status.DIVERGED else Status.FAILED].append(entry)
     summary["counts"] = {key: len(summary[key]) for key in BUCKETS}
@@ -71,14 +75,15 @@ def summarize(sweep_dir: Path, jobs: list[Job], done_before: set[str], group: st
 def format_summary(summary: dict) -> str:
     counts = summary["counts"]
     lines = [f"tlexp sweep {summary['sweep_dir']} (group {summary['group']}): {counts['completed']} completed, "
-             f"{counts['skipped']} skipped (already completed), {counts['diverged']} diverged, "
+             f"{counts['skipped']} skipped (already completed), "
+             + (f"{counts['pruned']} pruned, " if counts["pruned"] else "") + f"{counts['diverged']} diverged, "
              f"{counts['interrupted']} interrupted, {counts['killed']} killed, {counts['failed']} failed, {counts['total']} jobs"]
     for key in ("completed", "skipped"):
         for entry in summary[key]:
             acc = entry.get("test_acc")
             earlier = f"  (after earlier attempts: {', '.join(map(str, entry['earlier_attempts']))})" if entry.get("earlier_attempts") else ""
             lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else "") + earlier)
-    for key in ("diverged", "interrupted", "killed", "failed"):
+    for key in ("pruned", "diverged", "interrupted", "killed", "failed"):
         for entry in summary[key]:
             error = [line for line in str(entry["error"]).splitlines() if line.strip()] or [""]
             lines.append(f"  {key:11s} {entry['job']}  {error[-1].strip()}")  # the cause: the last line
@@ -121,6 +126,10 @@ def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: l
                      settings=wandb.Settings(init_timeout=60, silent=True))
     try:
         payload = {"jobs": jobs_as_table(jobs), **charts(jobs)}
+        verdict = verdict_table(sweep_dir)
+        if verdict.rows:  # experiment=race: the leaderboard with its intervals
+            payload["race/verdict"] = wandb.Table(columns=verdict.columns, data=[[_cell(v) for v in row] for row in verdict.rows])
+            run.summary.update({f"race/{row[0]}/{row[1]}/test_acc_mean": row[3] for row in verdict.rows if row[3] is not None})
         payload.update({f"report/{path.stem}": wandb.Image(str(path)) for path in figures})
         run.log(payload)
         run.summary.update({f"jobs/{key}": value for key, value in summary["counts"].items()})

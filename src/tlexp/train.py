@@ -9,10 +9,12 @@ import logging
 import pickle
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import lightning as L
+import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
@@ -86,7 +88,9 @@ def derived_values(datamodule, module) -> dict:
     }
 
 
-def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbeat, ckpt_path: str | None = None) -> dict:
+def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbeat, ckpt_path: str | None = None,
+        callbacks: Sequence = ()) -> dict:
+    """Build, fit, test: the job's metrics; ``callbacks`` join the config's (the race's pruning callback)."""
     config.check(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
@@ -97,7 +101,7 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbea
     if cfg.data.get("target_domain"):
         tags.append(f"target_domain={cfg.data.target_domain}")
     loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
+    callbacks = [*(hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c), *callbacks]
     callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR), heartbeat]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     hparams = {**OmegaConf.to_container(cfg, resolve=True), "derived": derived}
@@ -154,18 +158,31 @@ def resume_point(cfg: DictConfig, output_dir: str, previous: RunRecord | None, o
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """train.py: the job; its ``optimized_metric`` (for a sweeper), None for a failed job of a sweep, exit 1 alone."""
+    record = job(cfg)
+    if record.status == Status.COMPLETED:
+        return (record.metrics or {}).get(cfg.get("optimized_metric"))
+    if job_identity(cfg)[2]:  # recorded in result.json; the sweep goes on (the Optuna sweeper marks the trial FAIL)
+        return None
+    print(f"tlexp: error: {record.error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def job(cfg: DictConfig, callbacks: Sequence = ()) -> RunRecord:
+    """One job in its output directory: skipped if a sweep already finished it, resumed if interrupted, run,
+    recorded in ``result.json``. An interruption ends the process (SystemExit) after recording it."""
     output_dir = cfg.paths.output_dir
     _, group, multirun = job_identity(cfg)
     previous = read_result(output_dir)
     if multirun and previous and previous.status in DONE_STATUSES:
         log.info("skipping %s: already %s (%s)", output_dir, previous.status, previous.test_acc)
-        return (previous.metrics or {}).get(cfg.get("optimized_metric"))
+        return previous
     # the same sweep launched twice: never two writers in one directory (DDP's other ranks find rank zero's record)
     if previous and rank_zero_only.rank == 0 and liveness.still_running(previous):
         busy = f"{output_dir} is in use by process {previous.pid} on {previous.host} (started {previous.started})"
         if multirun:
             log.warning("skipping %s; it is still running", busy)
-            return None
+            return previous
         print(f"tlexp: error: {busy}; wait for it or choose another hydra.run.dir", file=sys.stderr)
         sys.exit(1)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -195,8 +212,10 @@ def main(cfg: DictConfig) -> float | None:
     heartbeat = Heartbeat(record, output_dir)
     try:
         with heartbeat:  # stopped before the final record below is written
-            metrics = run(cfg, output_dir, record, heartbeat, ckpt_path)
+            metrics = run(cfg, output_dir, record, heartbeat, ckpt_path, callbacks)
         record.update(status=Status.COMPLETED, metrics=metrics)
+    except optuna.TrialPruned as error:  # the race's pruner stopped it: a result of its settings, like diverging
+        record.update(status=Status.PRUNED, error=f"pruned: {error}")
     except InvalidValue as error:
         record.update(status=Status.FAILED, error=f"config error: {error}")
         log.error("config error: %s", error)
@@ -219,15 +238,10 @@ def main(cfg: DictConfig) -> float | None:
         report(record, output_dir)
         if earlier_run is not None and record.status != Status.FAILED:
             mark_resumed(earlier_run, output_dir)
-    if record.status == Status.COMPLETED:
-        return metrics.get(cfg.get("optimized_metric"))
     if interruption is not None:  # stop here, also a sweep: the process is being stopped
         print(f"tlexp: {record.error}; run the same command again to resume", file=sys.stderr)
         raise SystemExit(interruption.code if isinstance(interruption, SystemExit) and interruption.code else 130)
-    if multirun:  # recorded in result.json; the sweep goes on. None, not NaN: hydra-optuna-sweeper
-        return None  # marks a None trial failed and continues, while optuna 2.x's tell() raises on NaN
-    print(f"tlexp: error: {record.error}", file=sys.stderr)
-    sys.exit(1)
+    return record
 
 
 @rank_zero_only

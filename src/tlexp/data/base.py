@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from tlexp.data import sizes
 from tlexp.data.domain_shift import check_shift, shift_array
-from tlexp.data.images import FileImages, TensorImages, resize_uint8, to_nchw
+from tlexp.data.images import FileImages, TensorImages, resized
 from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import InvalidValue
@@ -265,8 +265,7 @@ class TransferDataModule(L.LightningDataModule):
 
     def _dataset(self, split: Split, augment: bool):
         if split.images is not None:
-            images = resize_uint8(to_nchw(split.images), self.image_size, self.interpolation)
-            return TensorImages(images, split.labels, augment)
+            return TensorImages(resized(split.images, self.image_size, self.interpolation), split.labels, augment)
         return FileImages(split.paths, split.labels, self.image_size, self.interpolation, augment)
 
     # --- loaders ----------------------------------------------------------------------------------

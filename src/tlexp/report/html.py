@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tlexp.report.dashboard import dashboard_html
 from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race
-from tlexp.report.tables import (Table, choose_fraction, compares_depths, cost_table, dataset_table, depth_table,
+from tlexp.report.tables import (Table, verdict_table, choose_fraction, compares_depths, cost_table, dataset_table, depth_table,
                                  few_shot_table, gain_table, jobs_table, movement_table, race_curves, race_table,
                                  unfinished_table)
 from tlexp.results import SUMMARY_FILE, Job, load_jobs
@@ -138,6 +138,12 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
         parts.append("<p>Last sweep invocation: " + ", ".join(f"{k} {v}" for k, v in summary.get("counts", {}).items()) + "</p>")
     if not jobs:
         parts.append("<p class='empty'>No job directories (result.json or .hydra/) found.</p>")
+    verdict = verdict_table(sweep_dir)
+    if verdict.rows:
+        parts.append("<h2 id='verdict'>Race verdict</h2><p>experiment=race (race.json): each strategy's best settings by "
+                     "validation, tested on several seeds: test/acc mean and 95 % t interval, the paired difference to "
+                     "the winner on the same seeds with its 95 % interval (tied: it covers 0), and what the search spent. "
+                     "The race below shows every trial; pruned ones end early.</p>" + table_html(verdict, "verdict"))
     parts.append("<h2 id='dashboard'>Interactive race</h2>" + dashboard_html(jobs, fraction))
     for section in sections:
         parts.append(f"<h2 id='{section.key}'>{section.title}</h2><p>{section.text}</p>")
@@ -155,7 +161,8 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
     parts.append("<h2 id='jobs'>All jobs</h2>" + table_html(overview, "jobs") + "</body></html>")
     html_path = out / "report.html"
     html_path.write_text("\n".join(parts))
-    tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts()}
+    tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts(),
+                                                             "verdict": verdict.as_dicts()}
     figures_written = {s.key: s.figure.name for s in sections if s.figure is not None}
     (out / REPORT_JSON).write_text(json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
                                               indent=1, default=str))

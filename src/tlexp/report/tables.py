@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
-from tlexp.results import Job, Status
+from tlexp.results import RACE_FILE, Job, Status
 
 
 def describe(values: list[float]) -> dict:
@@ -264,3 +266,23 @@ def depth_table(jobs: list[Job]) -> Table:
 def compares_depths(depth: Table) -> bool:
     """Whether the frozen-depth table has something to compare: at least two frozen depths."""
     return len({row["frozen_depth"] for row in depth.as_dicts()}) >= 2
+
+
+def verdict_table(sweep_dir: Path) -> Table:
+    """The race's verdict (``race.json``, tlexp.race), one row per data cell and strategy; empty without a race."""
+    path = Path(sweep_dir) / RACE_FILE
+    columns = ["cell", "strategy", "verdict", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "seeds", "acc_diff_to_winner",
+               "acc_diff_low", "acc_diff_high", "trials", "pruned", "epochs", "image_epochs", "search_seconds", "val_acc_best", "best_params"]
+    if not path.is_file():
+        return Table(columns, [])
+    rows = []
+    for cell in json.loads(path.read_text())["cells"]:
+        for e in cell["strategies"]:
+            ci, dci, search = e.get("ci") or (None, None), e.get("diff_ci") or (None, None), e["search"]
+            verdict = "winner" if e.get("winner") else "tied" if e.get("tied") else "behind" if "mean" in e else "no result"
+            params = ", ".join(f"{k.removeprefix('strategy.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('strategy.')}={v}"
+                               for k, v in (e.get("best_params") or {}).items())
+            rows.append([cell["cell"], e["strategy"], verdict, e.get("mean"), *ci, e.get("n"), e.get("diff"), *dci,
+                         search["trials"], search["pruned"], search["epochs"], search["image_epochs"], search["seconds"],
+                         e.get("val_acc_best"), params])
+    return Table(columns, rows)

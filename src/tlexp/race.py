@@ -1,0 +1,306 @@
+"""The race (``python train.py -m experiment=race``): every strategy at its best under one budget, and a
+verdict with its uncertainty.
+
+For each cell (a combination of the command line's sweeps, e.g. ``data.fraction=0.01,0.1``) and each
+strategy in ``race.strategies``:
+
+1. search: an Optuna study (``<cell>/<strategy>`` in ``race.storage``) over the strategy's space
+   (tlexp.search_space), ``race.trials`` trials, each a job run in this process (``train.job``, composed
+   by Hydra like any sweep job, into ``<race dir>/<cell>/<strategy>/<trial>``) without testing, pruned per
+   epoch on ``val/acc`` by ``race.pruner`` through optuna-integration's Lightning callback;
+2. confirm: the best trial by ``val/acc_best`` re-run on ``race.seeds`` seeds and tested
+   (``<cell>/<strategy>/confirm_seed<seed>``);
+3. verdict: per strategy the test/acc mean and 95 % t interval over the seeds, the paired difference to the
+   winner on the same seeds with its interval (scipy.stats.ttest_rel), "tied" where it covers 0, and the
+   compute spent. Printed, and written to ``<race dir>/race.json``.
+
+The studies live in the storage (default ``<race dir>/race.db``), so the same command continues a race and
+several workers share one (tlexp.study); a confirmation job is run by the worker that locks it first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import numpy as np
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+from scipy import stats
+
+from tlexp import search_space, study as studies
+from tlexp.errors import ConfigError, InvalidValue
+from tlexp.results import RACE_FILE, Status, read_result
+
+log = logging.getLogger("tlexp.race")
+OBJECTIVE = "val/acc_best"
+"""What a trial is selected by: the best validation accuracy over its epochs (the test split is never seen)."""
+
+TRIAL = ("test=false", "callbacks.layer_movement=null")
+"""A search trial is not tested (selection on validation only) and skips the per-stage movement analysis
+(seconds per trial; the confirmation runs keep it)."""
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: workers do not share confirmation jobs (each may run them)
+    fcntl = None
+
+RunJob = Callable[[list[str], str, Callable[[DictConfig], Any]], Any]
+"""(overrides, job subdirectory, task(cfg)) -> the task's value: runs one job composed by Hydra."""
+
+
+def cells(arguments: list[str]) -> tuple[list[list[str]], dict[str, str]]:
+    """The command line split into (cells: one override list per combination of its sweeps, search-space
+    overrides: ``strategy.<key>=<sweep>``, which replace that key's entry in the spaces that have it)."""
+    fixed, sweeps, space = [], [], {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if override.is_sweep_override() and key.startswith("strategy."):
+            space[key] = override.input_line.split("=", 1)[1]
+        elif override.is_sweep_override():
+            sweeps.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            fixed.append(override.input_line)
+    return [[*fixed, *combination] for combination in itertools.product(*sweeps)], space
+
+
+def cell_name(cell: list[str], arguments: list[str]) -> str:
+    """The cell's directory: its swept values (``data.fraction=0.01``), or ``race`` without sweeps."""
+    swept = [o for o in cell if o not in arguments]
+    return ",".join(swept) or "race"
+
+
+@contextmanager
+def claimed(path: Path):
+    """True while this process holds ``path``'s lock (taken if free), else False; the kernel drops it when
+    the process ends, however it ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Race:
+    """One race over ``config.race`` (the composed config with Hydra's node); ``run_job`` runs one job."""
+
+    def __init__(self, config: DictConfig, arguments: list[str], run_job: RunJob):
+        self.settings = config.race
+        self.dir = Path(str(config.hydra.sweep.dir))
+        self.arguments = list(arguments)
+        self.run_job = run_job
+        self.seed = int(config.seed)
+        self.storage = self.settings.storage or f"sqlite:///{(self.dir / 'race.db').resolve()}"
+        self.strategies = list(self.settings.strategies)
+        for key in ("trials", "seeds"):
+            if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < 1:
+                raise ConfigError(f"race.{key}", self.settings[key], "an integer >= 1")
+        if not self.strategies:
+            raise ConfigError("race.strategies", self.strategies, "a list of one or more strategies")
+        self.cells, self.space_overrides = cells(self.arguments)
+        try:
+            self.spaces = {name: self.space(name) for name in self.strategies}
+        except InvalidValue as error:  # a strategy without a search space
+            raise ConfigError("race.strategies", error.value, error.accepted) from None
+
+    def space(self, strategy: str) -> dict:
+        entries = search_space.strategy_space(strategy)
+        entries.update({k: v for k, v in self.space_overrides.items() if k in entries})
+        return search_space.parse(search_space.as_overrides(entries))[0]
+
+    def study(self, cell: str, strategy: str) -> optuna.Study:
+        sampler = hydra.utils.instantiate(self.settings.sampler, _partial_=True)
+        pruner = hydra.utils.instantiate(self.settings.pruner)
+        return studies.open_study(f"{cell}/{strategy}", self.storage, sampler, int(self.settings.sampler_seed), pruner=pruner)
+
+    # --- 1. search
+    def search(self, cell: list[str], name: str, strategy: str) -> optuna.Study:
+        study = self.study(name, strategy)
+        while (trial := studies.claim(study, int(self.settings.trials))) is not None:
+            overrides = [*cell, f"strategy={strategy}", *search_space.suggest(trial, self.spaces[strategy]), *TRIAL]
+            subdir = f"{name}/{strategy}/{studies.job_number(trial)}"
+            trial.set_user_attr("job", subdir)
+            try:
+                value = self.run_job(overrides, subdir, lambda cfg: self.trial_task(cfg, trial))
+                study.tell(trial, value)
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+            except BaseException as error:  # noqa: BLE001 - Ctrl-C or a signal: the trial runs again next time
+                if not isinstance(error, Exception):
+                    studies.release(study, trial, "interrupted")
+                    raise
+                log.warning("%s trial %d failed: %s", strategy, trial.number, error)
+                study.tell(trial, state=TrialState.FAIL)  # counted: its settings used the budget
+        return study
+
+    def trial_task(self, cfg: DictConfig, trial: optuna.Trial) -> float:
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from tlexp import train
+
+        record = train.job(cfg, callbacks=[PyTorchLightningPruningCallback(trial, monitor=str(self.settings.metric))])
+        trial.set_user_attr("train_size", record.train_size)  # the compute spent: images x epochs
+        if record.status == Status.PRUNED:
+            raise optuna.TrialPruned(record.error)
+        if record.status != Status.COMPLETED or record.val_acc_best is None:
+            raise RuntimeError(record.error or f"status {record.status}")
+        return float(record.val_acc_best)
+
+    # --- 2. confirm
+    def wait(self, study: optuna.Study) -> None:
+        """Until no trial of the study runs (in another worker): the best trial is final only then."""
+        while studies.reap(study) or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            log.info("waiting for the trials other workers run in %s", study.study_name)
+            time.sleep(5)
+
+    def confirm(self, cell: list[str], name: str, strategy: str, best: optuna.trial.FrozenTrial) -> list[Path]:
+        seeds = [self.seed + k for k in range(int(self.settings.seeds))]
+        jobs = {seed: f"{name}/{strategy}/confirm_seed{seed}" for seed in seeds}
+        for wait in (False, True):  # first the free jobs, then those another worker held (done by now, or ours)
+            for seed, subdir in jobs.items():
+                if self.finished(subdir):
+                    continue
+                with claimed(self.dir / f"{subdir}.lock") as mine:
+                    if mine:
+                        overrides = [*cell, f"strategy={strategy}", *search_space.as_overrides(best.params), f"seed={seed}"]
+                        self.run_job(overrides, subdir, self.confirm_task)
+                    elif wait:
+                        self.await_job(subdir)
+        return [self.dir / subdir for subdir in jobs.values()]
+
+    @staticmethod
+    def confirm_task(cfg: DictConfig) -> None:
+        from tlexp import train
+
+        train.job(cfg)
+
+    def finished(self, subdir: str) -> bool:
+        record = read_result(self.dir / subdir)
+        return bool(record) and record.status in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
+
+    def await_job(self, subdir: str) -> None:
+        while not self.finished(subdir):
+            with claimed(self.dir / f"{subdir}.lock") as free:
+                if free:
+                    return  # its worker is gone without finishing it: the next run of the race does it
+            time.sleep(5)
+
+    # --- the whole race
+    def run(self) -> dict:
+        verdicts = []
+        for cell in self.cells:
+            name = cell_name(cell, self.arguments)
+            searched = {strategy: self.search(cell, name, strategy) for strategy in self.strategies}
+            entries = []
+            for strategy, study in searched.items():
+                self.wait(study)
+                completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                best = max(completed, key=lambda t: t.value) if completed else None
+                runs = self.confirm(cell, name, strategy, best) if best else []
+                entries.append(entry(strategy, study, best, runs))
+            verdicts.append({"cell": name, "overrides": cell, "strategies": verdict(entries)})
+        result = {"race_dir": str(self.dir), "storage": self.storage, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "settings": OmegaConf.to_container(self.settings, resolve=True), "cells": verdicts}
+        (self.dir / RACE_FILE).write_text(json.dumps(result, indent=2, default=str))
+        print("\n" + format_race(result), flush=True)
+        return result
+
+
+def spent(study: optuna.Study) -> dict:
+    """The search's compute: counted trials, how many pruned, epochs, training images x epochs, seconds."""
+    trials = [t for t in study.get_trials(deepcopy=False) if studies.counted(t)]
+    epochs = [len(t.intermediate_values) for t in trials]
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete]
+    return {"trials": len(trials), "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials), "epochs": sum(epochs),
+            "image_epochs": sum(n * (t.user_attrs.get("train_size") or 0) for n, t in zip(epochs, trials)),
+            "seconds": round(sum(seconds), 2)}
+
+
+def entry(strategy: str, study: optuna.Study, best: optuna.trial.FrozenTrial | None, runs: list[Path]) -> dict:
+    records = [(run, read_result(run)) for run in runs]
+    scores = {r.seed: r.test_acc for _, r in records if r and r.status == Status.COMPLETED and r.test_acc is not None}
+    return {"strategy": strategy, "best_trial": best.number if best else None, "best_params": best.params if best else None,
+            "val_acc_best": best.value if best else None, "test_acc": scores,
+            "search": spent(study),
+            "confirm": {"runs": len(records), "epochs": sum((r.max_epochs or 0) if r else 0 for _, r in records),
+                        "seconds": round(sum((r.wall_seconds or 0) if r else 0 for _, r in records), 2),
+                        "failed": [str(run) for run, r in records if not (r and r.seed in scores)]}}
+
+
+def interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95 % t interval of the mean (None from one value; the value itself when they are all equal)."""
+    if len(values) < 2:
+        return None
+    if np.ptp(values) == 0:
+        return (float(values[0]),) * 2
+    mean, sem = float(np.mean(values)), float(stats.sem(values))
+    return tuple(float(x) for x in stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem))
+
+
+def verdict(entries: list[dict]) -> list[dict]:
+    """Rank by mean test/acc; each against the winner on the seeds both completed (paired)."""
+    scored = [e for e in entries if e["test_acc"]]
+    for e in scored:
+        values = list(e["test_acc"].values())
+        e.update(mean=float(np.mean(values)), ci=interval(values), n=len(values))
+    scored.sort(key=lambda e: -e["mean"])
+    winner = scored[0] if scored else None
+    for e in scored:
+        seeds = sorted(set(e["test_acc"]) & set(winner["test_acc"]))
+        mine, theirs = [e["test_acc"][s] for s in seeds], [winner["test_acc"][s] for s in seeds]
+        diff = [a - b for a, b in zip(mine, theirs)]
+        e.update(winner=e is winner, paired_seeds=seeds, diff=float(np.mean(diff)) if diff else None)
+        if e is winner:
+            e.update(diff_ci=(0.0, 0.0), p_value=None, tied=True)
+        elif len(diff) >= 2 and np.ptp(diff) > 0:
+            test = stats.ttest_rel(mine, theirs)
+            low, high = test.confidence_interval(0.95)
+            e.update(diff_ci=(float(low), float(high)), p_value=float(test.pvalue), tied=bool(low <= 0 <= high))
+        else:  # one seed, or the same difference on every seed: no interval
+            e.update(diff_ci=None, p_value=None, tied=bool(diff) and e["diff"] == 0)
+    return scored + [e for e in entries if not e["test_acc"]]
+
+
+def _fmt(value, spec=".4f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_race(result: dict) -> str:
+    lines = [f"tlexp race {result['race_dir']} (storage {result['storage']})"]
+    for cell in result["cells"]:
+        lines.append(f"\n{cell['cell']}: test/acc over seeds, best settings chosen on validation")
+        lines.append(f"  {'strategy':15s} {'mean':>7s} {'95% CI':>17s} {'vs winner':>9s} {'95% CI':>19s}  verdict    "
+                     f"{'trials':>6s} {'pruned':>6s} {'epochs':>6s} {'img x ep':>9s} {'seconds':>8s}  best settings")
+        for e in cell["strategies"]:
+            ci = e.get("ci")
+            dci = e.get("diff_ci")
+            word = "winner" if e.get("winner") else ("tied" if e.get("tied") else ("behind" if "mean" in e else "no result"))
+            search = e["search"]
+            params = ", ".join(f"{k.removeprefix('strategy.')}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+                               for k, v in (e.get("best_params") or {}).items())
+            lines.append(f"  {e['strategy']:15s} {_fmt(e.get('mean')):>7s} "
+                         f"{(f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else '-'):>17s} {_fmt(e.get('diff'), '+.4f'):>9s} "
+                         f"{(f'[{dci[0]:+.4f}, {dci[1]:+.4f}]' if dci else '-'):>19s}  {word:10s} "
+                         f"{search['trials']:>6d} {search['pruned']:>6d} {search['epochs']:>6d} {search['image_epochs']:>9d} "
+                         f"{search['seconds']:>8.0f}  {params}")
+    lines.append(f"\n{RACE_FILE}: {Path(result['race_dir']) / RACE_FILE}")
+    return "\n".join(lines)

@@ -1,0 +1,195 @@
+"""The race (experiment=race, tlexp.race) and the shared study underneath it (tlexp.study): one budget per
+strategy, pruned trials, the best trial confirmed on seeds, a verdict with intervals; continued by the same
+command and shared by two workers without a trial run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+from conftest import PYTHON, REPO, TINY, merge_overrides, read_json, subprocess_env
+from tlexp import race, study as studies
+
+
+def make_study(url=None, seed=7):
+    return studies.open_study("s", url, optuna.samplers.RandomSampler, seed)
+
+
+def test_the_verdict_intervals_come_from_the_t_distribution():
+    """Mean and 95 % t interval over seeds; the paired difference to the winner on the same seeds, tied where
+    its interval covers 0; the numbers checked against the textbook formulas."""
+    entries = [{"strategy": "a", "test_acc": {0: 0.80, 1: 0.82, 2: 0.84}},
+               {"strategy": "b", "test_acc": {0: 0.79, 1: 0.83, 2: 0.83}},  # diff -0.01, +0.01, -0.01
+               {"strategy": "c", "test_acc": {0: 0.70, 1: 0.71, 2: 0.73}},
+               {"strategy": "d", "test_acc": {}}]  # nothing confirmed: listed last, no verdict
+    a, b, c, d = race.verdict(entries)
+    t = stats.t.ppf(0.975, 2)
+    assert a["winner"] and a["mean"] == pytest.approx(0.82) and a["ci"] == pytest.approx((0.82 - t * 0.02 / 3 ** 0.5, 0.82 + t * 0.02 / 3 ** 0.5))
+    sd_b = (((-0.01 + 0.01 / 3) ** 2 * 2 + (0.01 + 0.01 / 3) ** 2) / 2) ** 0.5
+    assert b["diff"] == pytest.approx(-0.01 / 3) and b["tied"] and not b["winner"]
+    assert b["diff_ci"] == pytest.approx((-0.01 / 3 - t * sd_b / 3 ** 0.5, -0.01 / 3 + t * sd_b / 3 ** 0.5))
+    assert c["diff"] == pytest.approx(-0.32 / 3) and not c["tied"] and c["diff_ci"][1] < 0
+    assert d["strategy"] == "d" and "mean" not in d
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{}/s.db", "{}/journal/s.log"])
+def test_each_trial_is_proposed_once_whoever_asks(tmp_path, storage):
+    """Two processes on one storage (an SQLite file, or a journal file in a folder not made yet; two study objects
+    here) with the same sampler seed propose different settings; the proposal depends on the trial number, not
+    on the process that asks."""
+    url = storage.format(tmp_path)
+    one, two = make_study(url), make_study(url)
+    space = optuna.distributions.FloatDistribution(0.0, 1.0)
+    values = []
+    for study in (one, two, one, two):
+        trial = studies.claim(study, budget=4)
+        values.append(trial.suggest_float("x", space.low, space.high))
+        study.tell(trial, 0.5)
+    assert len(set(values)) == 4 and studies.claim(one, budget=4) is None
+    again = make_study(None)
+    trial = again.ask()
+    assert trial.suggest_float("x", 0.0, 1.0) == values[0]  # trial 0, seed 7: the same proposal
+
+
+def test_a_killed_trial_is_run_again_and_counted_once(tmp_path):
+    """A RUNNING trial whose process on this host is gone is released (FAIL, not counted) and its settings run
+    again; a worker alive keeps its trial; an interrupted trial is queued again the same way."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = make_study(url)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = studies.claim(study, budget=3)
+    x = killed.suggest_float("x", 0.0, 1.0)
+    study._storage.set_trial_user_attr(killed._trial_id, studies.WORKER, f"{os.uname().nodename}:{dead.pid}")
+    rerun = studies.claim(study, budget=3)  # reaps the killed trial first, then runs its settings again
+    assert rerun.suggest_float("x", 0.0, 1.0) == x and studies.job_number(rerun) == killed.number
+    assert {t.number: t.state for t in study.trials} == {0: TrialState.FAIL, 1: TrialState.RUNNING}
+    assert studies.used(study) == 1
+    studies.claim(study, budget=3).suggest_float("x", 0.0, 1.0)  # this process: alive, its trials are kept
+    assert studies.reap(study) == 0 and studies.used(study) == 2 and studies.claim(study, budget=2) is None
+    studies.release(study, rerun, "interrupted")  # Ctrl-C: not counted, queued again
+    assert studies.used(study) == 1 and studies.claim(study, budget=2).suggest_float("x", 0.0, 1.0) == x
+
+
+def test_the_command_line_splits_into_cells_and_search_spaces():
+    cells, space = race.cells(["model=tiny", "data.fraction=0.1,0.5", "strategy.frozen_depth=int(interval(0,6))", "seed=1,2"])
+    assert cells == [["model=tiny", "data.fraction=0.1", "seed=1"], ["model=tiny", "data.fraction=0.1", "seed=2"],
+                     ["model=tiny", "data.fraction=0.5", "seed=1"], ["model=tiny", "data.fraction=0.5", "seed=2"]]
+    assert space == {"strategy.frozen_depth": "int(interval(0,6))"}
+
+
+RACE = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.trials=2", "race.seeds=2", "race.strategies=[frozen,full]")
+
+
+def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
+    """frozen and full, 2 trials each, confirmed on 2 seeds: race.json holds what the studies and the jobs hold;
+    the same command again runs nothing new and gives the same verdict."""
+    run = (*RACE, f"hydra.sweep.dir={tmp_path}")
+    code, output = main_inprocess(tmp_path, *run)
+    assert code == 0, output[-4000:]
+    result = read_json(tmp_path / "race.json")
+    (cell,) = result["cells"]
+    by_name = {e["strategy"]: e for e in cell["strategies"]}
+    assert set(by_name) == {"frozen", "full"} and sum(e["winner"] for e in by_name.values()) == 1
+    for name, e in by_name.items():
+        study = optuna.load_study(study_name=f"race/{name}", storage=result["storage"])
+        done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(done) == 2 and e["search"]["trials"] == 2
+        assert e["search"]["epochs"] == sum(len(t.intermediate_values) for t in done)
+        best = max((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        assert e["best_params"] == best.params and e["val_acc_best"] == best.value
+        for trial in done:  # the search never tests
+            assert "test_acc" not in read_json(tmp_path / "race" / name / str(trial.number) / "result.json")
+        for seed in (42, 43):
+            record = read_json(tmp_path / "race" / name / f"confirm_seed{seed}" / "result.json")
+            assert record["seed"] == seed and e["test_acc"][str(seed)] == record["test_acc"]
+            assert {f"{k}={v}" for k, v in best.params.items()} <= set(record["overrides"])
+        assert e["mean"] == pytest.approx(sum(e["test_acc"].values()) / 2)
+    assert "tlexp race" in output and "winner" in output
+    jobs = sorted(p.parent for p in tmp_path.rglob("result.json"))
+    code, output = main_inprocess(tmp_path, *run)
+    assert code == 0, output[-4000:]
+    assert sorted(p.parent for p in tmp_path.rglob("result.json")) == jobs
+    again = read_json(tmp_path / "race.json")["cells"]
+    assert [(e["strategy"], e["test_acc"]) for e in again[0]["strategies"]] == [(e["strategy"], e["test_acc"]) for e in cell["strategies"]]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_race(tmp_path):
+    """Two train.py processes started at once with the same race directory and storage: 3 trials in all, no
+    settings run twice, each confirmation once, and both print the same verdict."""
+    args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
+                           "race.strategies=[frozen]", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+                           base=TINY)
+    workers = [subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    result = read_json(tmp_path / "race.json")
+    study = optuna.load_study(study_name="race/frozen", storage=result["storage"])
+    counted = [t for t in study.trials if studies.counted(t)]
+    assert len(counted) == 3 and len({json.dumps(t.params, sort_keys=True) for t in counted}) == 3
+    workers_seen = {t.user_attrs["worker"] for t in counted}
+    assert len(workers_seen) == 2, workers_seen  # both took part
+    confirmations = list(tmp_path.glob("race/frozen/confirm_seed*/result.json"))
+    assert len(confirmations) == 1 and read_json(confirmations[0])["status"] == "completed"
+    assert all("tlexp race" in out for out in outputs)
+
+
+def test_a_pretrained_backbone_is_read_once_and_built_as_before(tmp_path):
+    """In-process trials reuse the backbone built from the same weights file under the same seed: an equal copy
+    (not the same object), and the torch RNG left exactly where building it anew leaves it (the head's init)."""
+    import torch
+
+    from tlexp import backbone as backbones
+
+    path = tmp_path / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(backbones.create_backbone("test_efficientnet").state_dict(), path)
+
+    def build():
+        torch.manual_seed(1)
+        model = backbones.create_backbone("test_efficientnet", weights=str(path), img_size=32)
+        return model, torch.rand(3)
+
+    backbones._BUILT.clear()
+    fresh, after_fresh = build()
+    reused, after_reused = build()
+    assert reused is not fresh and len(backbones._BUILT) == 1
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reused.state_dict().values()))
+    assert torch.equal(after_fresh, after_reused)
+    torch.manual_seed(2)  # another seed: built again
+    backbones.create_backbone("test_efficientnet", weights=str(path), img_size=32)
+    assert len(backbones._BUILT) == 1
+
+
+def test_the_verdict_in_the_report(tmp_path):
+    """report.html shows race.json as a leaderboard with its intervals; report.json holds the same rows."""
+    from tlexp.report import generate
+
+    entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
+                             "val_acc_best": 0.8, "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
+                            {"strategy": "frozen", "test_acc": {"0": 0.70, "1": 0.75}, "best_params": {}, "val_acc_best": 0.7,
+                             "search": {"trials": 4, "pruned": 1, "failed": 0, "epochs": 11, "image_epochs": 6600, "seconds": 3.0}}])
+    (tmp_path / "race.json").write_text(json.dumps({"cells": [{"cell": "data.fraction=0.01", "strategies": entries}]}))
+    page = generate(tmp_path, figures=False).read_text()
+    assert "Race verdict" in page and "<td>winner</td>" in page and "<td>0.8200</td>" in page
+    rows = read_json(tmp_path / "report.json")["tables"]["verdict"]
+    full, frozen = rows
+    assert full["verdict"] == "winner" and full["best_params"] == "lr_backbone=0.001" and full["pruned"] == 2
+    assert frozen["acc_diff_to_winner"] == pytest.approx(-0.095) and frozen["test_acc_ci_low"] == pytest.approx(entries[1]["ci"][0])
+
+
+@pytest.mark.parametrize("override, key", [("race.trials=0", "race.trials"), ("race.seeds=two", "race.seeds"),
+                                           ("race.strategies=[full,nope]", "race.strategies")])
+def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
+    """One clear error naming the key and what it accepts; nothing written."""
+    code, output = main_inprocess(tmp_path / "run", "experiment=race", override, f"hydra.sweep.dir={tmp_path / 'race'}")
+    assert code != 0 and f"{key}=" in output and "accepted:" in output, output[-3000:]
+    assert not (tmp_path / "race").exists()
