@@ -45,7 +45,7 @@ class Gradual(CachesPrefix, TransferModule):
     ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
     (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
 
-    def __init__(self, *args, unfreeze_by: float = 0.5, max_epochs: int | None = None, unfreeze_every: int | None = None,
+    def __init__(self, *args, unfreeze_by: float = 0.25, max_epochs: int | None = None, unfreeze_every: int | None = None,
                  milestones: dict | None = None, unfreeze_on: str = "schedule", patience: int = 1, min_delta: float = 0.0,
                  stop_at_plateau: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
