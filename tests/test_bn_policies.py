@@ -73,4 +73,4 @@ def test_frozen_stats_survive_a_resume_across_unfreezing(tmp_path):
 def test_bad_bn_trainable_is_refused_by_the_plan():
     """The config layer names the key (tests/test_config.py); a module built in Python is refused by its plan."""
     with pytest.raises(InvalidValue, match="bn_trainable='eval'.*frozen_stats, batch_stats"):
-        build(Gradual, bn_trainable="eval")[1].plan
+        build(Gradual, bn_trainable="eval", max_epochs=4)[1].plan
