@@ -14,8 +14,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DDP = ["model=tiny", "data=synthetic", "strategy=gradual", "strategy.unfreeze_every=1", "trainer=ddp", "trainer.accelerator=cpu",
-       "trainer.devices=2", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+DDP = ["model=tiny", "data=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3",
+       "trainer.enable_progress_bar=false"]
+GRADUAL = [*DDP, "strategy=gradual", "strategy.unfreeze_every=1"]  # one stage more per epoch: unfreezing in each epoch
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def epochs_rows(run_dir: Path) -> list[dict]:
 
 def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
     run_dir = tmp_path / "run"
-    done = train(*DDP, f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path}/data")
+    done = train(*GRADUAL, f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path}/data")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = epochs_rows(run_dir)
     # every epoch compared all parameters and buffers of both ranks; stages were unfrozen on the way
@@ -56,7 +57,7 @@ def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
-    done = train("-m", *DDP, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}",
+    done = train("-m", *GRADUAL, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}",
                  f"paths.data_dir={tmp_path}/data")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())

@@ -96,5 +96,6 @@ def test_reinit_end_to_end(tmp_path):
     record = read_json(tmp_path / "result.json")
     assert record["status"] == "completed" and record["strategy"] == "reinit"
     assert record["params_trainable"] == record["params_total"]
-    lrs = record["stage_lrs"]
-    assert lrs["blocks.4"] == 2 * lrs["blocks.3"] == 4 * lrs["blocks.2"]
+    lrs, ratio = record["stage_lrs"], record["lr_ratio"]  # geometric from the top stage to lr_ratio at the stem
+    assert lrs["stem"] / lrs["blocks.4"] == pytest.approx(ratio)
+    assert lrs["blocks.4"] / lrs["blocks.3"] == pytest.approx(lrs["blocks.3"] / lrs["blocks.2"]) == pytest.approx(ratio ** -0.2)

@@ -23,7 +23,7 @@ def wandb_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")  # no ~/.netrc, no W&B settings
     no_credentials = {"HOME": home, "WANDB_API_KEY": None, "WANDB_MODE": None, "NETRC": None, "WANDB_DIR": None}
     result = run_train(run_dir, "logger=wandb", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
-                       "strategy=gradual", "data.fraction=0.5", env=no_credentials, timeout=300)
+                       "strategy=gradual", "strategy.unfreeze_every=1", "data.fraction=0.5", env=no_credentials, timeout=300)
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, (list((run_dir / "wandb").iterdir()) if (run_dir / "wandb").is_dir() else None, result.stdout[-4000:])
     inspect = subprocess.run([str(WANDB_CLI), "leet", "inspect", "--summary", "--json", str(offline[0])],
