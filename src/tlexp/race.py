@@ -39,7 +39,7 @@ from scipy import stats
 
 from tlexp import search_space, study as studies
 from tlexp.errors import ConfigError, InvalidValue
-from tlexp.results import RACE_FILE, Status, read_result
+from tlexp.results import RACE_FILE, RunRecord, Status, read_result
 
 log = logging.getLogger("tlexp.race")
 OBJECTIVE = "val/acc_best"
@@ -139,30 +139,30 @@ class Race:
             subdir = f"{name}/{strategy}/{studies.job_number(trial)}"
             trial.set_user_attr("job", subdir)
             try:
-                value = self.run_job(overrides, subdir, lambda cfg: self.trial_task(cfg, trial))
-                study.tell(trial, value)
-            except optuna.TrialPruned:
-                study.tell(trial, state=TrialState.PRUNED)
+                record = self.run_job(overrides, subdir, lambda cfg: self.trial_task(cfg, trial))
             except BaseException as error:  # noqa: BLE001 - Ctrl-C or a signal: the trial runs again next time
                 if not isinstance(error, Exception):
                     studies.release(study, trial, "interrupted")
                     raise
-                log.warning("%s trial %d failed: %s", strategy, trial.number, error)
+                record = RunRecord(status=Status.FAILED, error=f"{type(error).__name__}: {error}")
+            if record.status == Status.PRUNED:  # told here, not raised through Hydra's job runner: not an error
+                study.tell(trial, state=TrialState.PRUNED)
+            elif record.status == Status.COMPLETED and record.val_acc_best is not None:
+                study.tell(trial, float(record.val_acc_best))
+            else:
+                log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
                 study.tell(trial, state=TrialState.FAIL)  # counted: its settings used the budget
         return study
 
-    def trial_task(self, cfg: DictConfig, trial: optuna.Trial) -> float:
+    def trial_task(self, cfg: DictConfig, trial: optuna.Trial) -> RunRecord:
+        """One search trial as a job, pruned per epoch by the study's pruner; its record (``search`` tells the study)."""
         from optuna_integration import PyTorchLightningPruningCallback
 
         from tlexp import train
 
         record = train.job(cfg, callbacks=[PyTorchLightningPruningCallback(trial, monitor=str(self.settings.metric))])
         trial.set_user_attr("train_size", record.train_size)  # the compute spent: images x epochs
-        if record.status == Status.PRUNED:
-            raise optuna.TrialPruned(record.error)
-        if record.status != Status.COMPLETED or record.val_acc_best is None:
-            raise RuntimeError(record.error or f"status {record.status}")
-        return float(record.val_acc_best)
+        return record
 
     # --- 2. confirm
     def wait(self, study: optuna.Study) -> None:
