@@ -57,7 +57,7 @@ browser: ## install headless Chromium (Debian package chromium) for the report p
 train: setup data ## set up, then run the default experiment (python train.py)
 	$(BIN)/python train.py
 
-test: setup data browser ## set up, then run the whole test suite (CPU, about 15 min on 2 cores)
+test: setup data browser ## set up, then run the whole test suite (CPU, about 16 min on 2 cores)
 	$(BIN)/pytest -q
 
 test-fast: setup browser ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)
