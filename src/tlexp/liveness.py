@@ -109,7 +109,7 @@ def usage() -> dict:
     return {"heartbeat": utc_now(), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def _same_process_alive(pid: int, started: float | None) -> bool:
+def same_process_alive(pid: int, started: float | None = None) -> bool:
     """Whether ``pid`` is, on this host, still the process that started at ``started``: a pid that the
     system gave to a newer process, or a zombie, is not."""
     try:
@@ -128,7 +128,7 @@ def _state(record) -> str:
     for STALE_AFTER_S) or ``unknown`` (a record from before tlexp wrote hosts and heartbeats, or a recent
     heartbeat from another host or another container's processes)."""
     if record.host == socket.gethostname() and record.pid and record.pid_namespace in (None, pid_namespace()):
-        return "alive" if _same_process_alive(record.pid, _seconds(record.started)) else "gone"
+        return "alive" if same_process_alive(record.pid, _seconds(record.started)) else "gone"
     beat = _seconds(record.heartbeat)
     if beat is not None and datetime.now(timezone.utc).timestamp() - beat > STALE_AFTER_S:
         return "silent"

@@ -18,6 +18,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tlexp import liveness
+
 RERUN = "rerun"
 """user attr of a FAIL trial that does not count: interrupted (queued again) or over the budget."""
 RERUN_OF = "rerun_of"
@@ -99,15 +101,7 @@ def _worker() -> str:
 def _gone(worker: str | None) -> bool:
     """Whether ``host:pid`` names a process of this host that no longer runs."""
     host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not liveness.same_process_alive(int(pid))
 
 
 def release(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str) -> None:
