@@ -43,7 +43,8 @@ def strategy_order(names) -> list[str]:
 AVERAGED = "seed"  # the only swept setting the report averages over
 AXIS = "data.fraction"  # a setting with an axis (or a slider) of its own
 NOT_SETTINGS = ("hydra.", "paths.", "logger", "wandb.", "experiment", "hparams_search", "ckpt_path", "group",
-                "tags", "trainer.enable_progress_bar")  # where a run is written and logged, not what it measures
+                "tags", "trainer.enable_progress_bar",  # where a run is written and logged, not what it measures
+                "test", "callbacks.layer_movement")  # what is measured after training (a race's trials skip both)
 
 
 def _settings(job: Job) -> dict[str, str]:
