@@ -170,16 +170,23 @@ def test_a_pretrained_backbone_is_read_once_and_built_as_before(tmp_path):
 
 
 def test_the_verdict_in_the_report(tmp_path):
-    """report.html shows race.json as a leaderboard with its intervals; report.json holds the same rows."""
+    """report.html shows race.json as a leaderboard with its intervals and each strategy's search as a figure
+    (a strategy without trial histories, from an older race.json, is drawn empty); report.json holds the rows."""
     from tlexp.report import generate
 
     entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
                              "val_acc_best": 0.8, "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
                             {"strategy": "frozen", "test_acc": {"0": 0.70, "1": 0.75}, "best_params": {}, "val_acc_best": 0.7,
                              "search": {"trials": 4, "pruned": 1, "failed": 0, "epochs": 11, "image_epochs": 6600, "seconds": 3.0}}])
+    entries[0].update(best_trial=1, trials=[{"number": 0, "state": "pruned", "values": [0.5], "start": 0.0, "end": 2.0},
+                                            {"number": 1, "state": "complete", "values": [0.6, 0.8], "start": 2.0, "end": 6.0}])
     (tmp_path / "race.json").write_text(json.dumps({"cells": [{"cell": "data.fraction=0.01", "strategies": entries}]}))
-    page = generate(tmp_path, figures=False).read_text()
-    assert "Race verdict" in page and "<td>winner</td>" in page and "<td>0.8200</td>" in page
+    page = generate(tmp_path).read_text()
+    assert "Race verdict" in page and "<td>winner</td>" in page
+    low, high = entries[0]["ci"]
+    assert f"<td>0.8200 [{low:.4f}, {high:.4f}]</td>" in page and "<td>4 (2 pruned), 10 epochs, 12 s</td>" in page
+    assert read_json(tmp_path / "report.json")["figures"]["race_search"] == "race_search.png"
+    assert (tmp_path / "race_search.png").stat().st_size > 1000
     rows = read_json(tmp_path / "report.json")["tables"]["verdict"]
     full, frozen = rows
     assert full["verdict"] == "winner" and full["best_params"] == "lr_backbone=0.001" and full["pruned"] == 2

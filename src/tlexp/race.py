@@ -235,12 +235,26 @@ def spent(study: optuna.Study) -> dict:
             "seconds": round(sum(seconds), 2)}
 
 
+def history(study: optuna.Study) -> list[dict]:
+    """Every counted trial of the search, for the report's search figure: its state, val/acc per epoch, and
+    when it started and ended in seconds after the study's first trial started."""
+    trials = [t for t in study.get_trials(deepcopy=False) if studies.counted(t) and t.datetime_start]
+    if not trials:
+        return []
+    origin = min(t.datetime_start for t in trials)
+    return [{"number": t.number, "state": t.state.name.lower(),
+             "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+             "start": round((t.datetime_start - origin).total_seconds(), 2),
+             "end": round((t.datetime_complete - origin).total_seconds(), 2) if t.datetime_complete else None}
+            for t in trials]
+
+
 def entry(strategy: str, study: optuna.Study, best: optuna.trial.FrozenTrial | None, runs: list[Path]) -> dict:
     records = [(run, read_result(run)) for run in runs]
     scores = {r.seed: r.test_acc for _, r in records if r and r.status == Status.COMPLETED and r.test_acc is not None}
     return {"strategy": strategy, "best_trial": best.number if best else None, "best_params": best.params if best else None,
             "val_acc_best": best.value if best else None, "test_acc": scores,
-            "search": spent(study),
+            "search": spent(study), "trials": history(study),
             "confirm": {"runs": len(records), "epochs": sum((r.max_epochs or 0) if r else 0 for _, r in records),
                         "seconds": round(sum((r.wall_seconds or 0) if r else 0 for _, r in records), 2),
                         "failed": [str(run) for run, r in records if not (r and r.seed in scores)]}}

@@ -53,6 +53,43 @@ def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def plot_search(cells: list[dict], path: Path) -> Path | None:
+    """Each strategy's search (race.json): every trial's val/acc per epoch placed over its time span in the
+    search, pruned trials grey and ending in an x, the best trial bold; one row per cell, one panel per strategy."""
+    rows = [(cell["cell"], e) for cell in cells for e in cell["strategies"]]
+    if not any(e.get("trials") for _, e in rows):
+        return None
+    from matplotlib.figure import Figure
+
+    ncols = max(len(cell["strategies"]) for cell in cells)
+    figure = Figure(figsize=(3.2 * ncols, 2.8 * len(cells)), layout="constrained")
+    axes = figure.subplots(len(cells), ncols, squeeze=False, sharey=True)
+    colors = _colors([e["strategy"] for _, e in rows])
+    for r, cell in enumerate(cells):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(cell["strategies"]):
+                ax.set_visible(False)
+                continue
+            e = cell["strategies"][c]
+            for trial in e.get("trials") or []:
+                values, start, end = trial["values"], trial["start"], trial["end"]
+                if not values or end is None:
+                    continue
+                times = [start + (k + 1) * (end - start) / len(values) for k in range(len(values))]
+                best, pruned = trial["number"] == e.get("best_trial"), trial["state"] == "pruned"
+                color = "0.6" if pruned else colors[e["strategy"]]
+                ax.plot(times, values, color=color, lw=2.2 if best else 0.9, marker="." if not pruned else None, zorder=3 if best else 2)
+                if pruned:
+                    ax.plot(times[-1], values[-1], marker="x", color="0.4", ms=5)
+            search = e["search"]
+            ax.set_title(f"{e['strategy']}: {search['trials']} trials, {search['pruned']} pruned", fontsize="small")
+            ax.set_xlabel("search time (s)", fontsize="small")
+            ax.grid(alpha=0.3)
+        axes[r][0].set_ylabel(f"val/acc\n{cell['cell']}", fontsize="small")
+    return _save(figure, path)
+
+
 def _plot_per_strategy(table: Table, path: Path, y_key: str, ylabel: str, title: str, errors: bool = False,
                        zero_line: bool = False) -> Path | None:
     """One line per strategy of ``y_key`` against the training-set size (log scale)."""

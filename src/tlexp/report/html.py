@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlexp.report.dashboard import dashboard_html
-from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race
+from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race, plot_search
 from tlexp.report.tables import (Table, verdict_table, choose_fraction, compares_depths, cost_table, dataset_table, depth_table,
                                  few_shot_table, gain_table, jobs_table, movement_table, race_curves, race_table,
-                                 unfinished_table)
-from tlexp.results import SUMMARY_FILE, Job, load_jobs
+                                 unfinished_table, verdict_display)
+from tlexp.results import RACE_FILE, SUMMARY_FILE, Job, load_jobs
 
 REPORT_JSON = "report.json"
 
@@ -60,7 +60,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.empty{color:#888;font-style:italic}
 .section{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img{max-width:100%;border:1px solid #eee}
-.failed{color:#b00}"""
+.failed{color:#b00}#verdict td:last-child{text-align:left;max-width:32em}#verdict td{white-space:nowrap}
+#verdict td:last-child{white-space:normal}"""
 
 
 @dataclass
@@ -138,12 +139,15 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
         parts.append("<p>Last sweep invocation: " + ", ".join(f"{k} {v}" for k, v in summary.get("counts", {}).items()) + "</p>")
     if not jobs:
         parts.append("<p class='empty'>No job directories (result.json or .hydra/) found.</p>")
-    verdict = verdict_table(sweep_dir)
+    verdict, search_figure = verdict_table(sweep_dir), None
     if verdict.rows:
         parts.append("<h2 id='verdict'>Race verdict</h2><p>experiment=race (race.json): each strategy's best settings by "
                      "validation, tested on several seeds: test/acc mean and 95 % t interval, the paired difference to "
                      "the winner on the same seeds with its 95 % interval (tied: it covers 0), and what the search spent. "
-                     "The race below shows every trial; pruned ones end early.</p>" + table_html(verdict, "verdict"))
+                     "Below it, each strategy's search: every trial's val/acc per epoch over the search's time, pruned "
+                     "ones cut short (grey, x), the best one bold.</p>" + table_html(verdict_display(verdict), "verdict"))
+        search_figure = plot_search(json.loads((sweep_dir / RACE_FILE).read_text())["cells"], out / "race_search.png") if figures else None
+        parts.append(image_html(search_figure))
     parts.append("<h2 id='dashboard'>Interactive race</h2>" + dashboard_html(jobs, fraction))
     for section in sections:
         parts.append(f"<h2 id='{section.key}'>{section.title}</h2><p>{section.text}</p>")
@@ -164,6 +168,8 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
     tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts(),
                                                              "verdict": verdict.as_dicts()}
     figures_written = {s.key: s.figure.name for s in sections if s.figure is not None}
+    if search_figure is not None:
+        figures_written["race_search"] = search_figure.name
     (out / REPORT_JSON).write_text(json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
                                               indent=1, default=str))
     return html_path

@@ -69,10 +69,23 @@ def series_names(jobs: list[Job], beside: tuple[str, ...] = ()) -> dict[str, str
     for strategy, members in by_strategy.items():
         keys = sorted({key for job in members for key in settings[job.name]} - set(beside))
         varying = [key for key in keys if len({settings[job.name].get(key) for job in members}) > 1]
+        distinct = len({tuple(settings[job.name].get(key) for key in varying) for job in members})
+        for digits in (3, 4, 6, 17):  # floats as short as keeps different settings apart (a search's rates)
+            texts = {job.name: ", ".join(f"{key.removeprefix('strategy.')}={_short(settings[job.name].get(key, 'default'), digits)}"
+                                         for key in varying) for job in members}
+            if len(set(texts.values())) == distinct:
+                break
         for job in members:
-            text = ", ".join(f"{key.removeprefix('strategy.')}={settings[job.name].get(key, 'default')}" for key in varying)
-            names[job.name] = f"{strategy} ({text})" if text else str(strategy)
+            names[job.name] = f"{strategy} ({texts[job.name]})" if texts[job.name] else str(strategy)
     return names
+
+
+def _short(value: str, digits: int) -> str:
+    """A decimal setting (``0.0003754553966912878``) to ``digits`` significant digits; anything else as it is."""
+    try:
+        return format(float(value), f".{digits}g") if any(c in value for c in ".eE") else value
+    except ValueError:
+        return value
 
 
 def fraction_of(job: Job) -> float | None:
@@ -287,3 +300,19 @@ def verdict_table(sweep_dir: Path) -> Table:
                          search["trials"], search["pruned"], search["epochs"], search["image_epochs"], search["seconds"],
                          e.get("val_acc_best"), params])
     return Table(columns, rows)
+
+
+def verdict_display(verdict: Table) -> Table:
+    """The verdict as the page shows it: each interval beside its mean in one cell, the search's compute in one,
+    so that the leaderboard fits the page (report.json keeps ``verdict_table``'s separate numbers)."""
+    def ranged(mean, low, high, sign=""):
+        if mean is None:
+            return None
+        inside = f" [{low:{sign}.4f}, {high:{sign}.4f}]" if low is not None else ""
+        return f"{mean:{sign}.4f}{inside}"
+
+    rows = [[r["cell"], r["strategy"], r["verdict"], ranged(r["test_acc_mean"], r["test_acc_ci_low"], r["test_acc_ci_high"]),
+             r["seeds"], ranged(r["acc_diff_to_winner"], r["acc_diff_low"], r["acc_diff_high"], "+"),
+             f"{r['trials']} ({r['pruned']} pruned), {r['epochs']} epochs, {r['search_seconds']:.0f} s", r["best_params"]]
+            for r in verdict.as_dicts()]
+    return Table(["cell", "strategy", "verdict", "test/acc [95% CI]", "seeds", "vs winner [95% CI]", "search", "best settings"], rows)
