@@ -200,3 +200,34 @@ def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
     code, output = main_inprocess(tmp_path / "run", "experiment=race", override, f"hydra.sweep.dir={tmp_path / 'race'}")
     assert code != 0 and f"{key}=" in output and "accepted:" in output, output[-3000:]
     assert not (tmp_path / "race").exists()
+
+
+def test_tuned_against_defaults_pairs_the_seeds(tmp_path):
+    """scripts/race_vs_defaults.py: the race's confirmations against the default jobs of the same seeds, paired
+    (scipy's ttest_rel interval); --where keeps the jobs that set the key to that value or leave it unset; the
+    last source holding a strategy wins."""
+    import csv
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import race_vs_defaults
+
+    entries = [{"strategy": "full", "test_acc": {"0": 0.83, "1": 0.84, "2": 0.86}, "best_params": {"strategy.lr_backbone": 1e-3}},
+               {"strategy": "gradual", "test_acc": {"0": 0.80, "1": 0.81, "2": 0.80}, "best_params": {}}]
+    (tmp_path / "race.json").write_text(json.dumps({"cells": [{"cell": "race", "overrides": ["experiment=race"], "strategies": entries}]}))
+    columns = ["setting", "seed", "status", "test_acc"]
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    for path, rows in ((old, [("strategy=full strategy.bn_trainable=frozen_stats", s, v) for s, v in ((0, 0.80), (1, 0.82), (2, 0.81))]
+                        + [("strategy=full strategy.bn_trainable=batch_stats", s, 0.5) for s in range(3)]
+                        + [("strategy=gradual strategy.bn_trainable=frozen_stats", s, 0.6) for s in range(3)]),
+                       (new, [("strategy=gradual", s, v) for s, v in ((0, 0.79), (1, 0.80), (2, 0.82))])):
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows([setting, seed, "completed", value] for setting, seed, value in rows)
+    assert race_vs_defaults.main([str(tmp_path), "--defaults", str(old), "--defaults", str(new),
+                                  "--where", "strategy.bn_trainable=frozen_stats", "--md", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    low, high = stats.ttest_rel([0.83, 0.84, 0.86], [0.80, 0.82, 0.81]).confidence_interval(0.95)
+    assert f"| `full` | 0.810 [" in text and f"+0.033 [{low:+.3f}, {high:+.3f}]" in text and "lr_backbone=0.001" in text
+    assert "| `gradual` | 0.803 [" in text  # the newer source's gradual, not the old one's 0.6
