@@ -61,7 +61,7 @@ def main() -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - started
             procs.append((wall, wall - epochs_seconds(alone)))
-    print(f"| trial | in-process: wall s | fixed s | separate process: wall s | fixed s |\n|---:|---:|---:|---:|---:|")
+    print("| trial | in-process: wall s | fixed s | separate process: wall s | fixed s |\n|---:|---:|---:|---:|---:|")
     for number, ((w1, f1), (w2, f2)) in enumerate(zip(inproc, procs)):
         print(f"| {number} | {w1:.1f} | {f1:.1f} | {w2:.1f} | {f2:.1f} |")
     later = slice(1, None)

@@ -229,5 +229,5 @@ def test_tuned_against_defaults_pairs_the_seeds(tmp_path):
                                   "--where", "strategy.bn_trainable=frozen_stats", "--md", str(tmp_path / "t.md")]) == 0
     text = (tmp_path / "t.md").read_text()
     low, high = stats.ttest_rel([0.83, 0.84, 0.86], [0.80, 0.82, 0.81]).confidence_interval(0.95)
-    assert f"| `full` | 0.810 [" in text and f"+0.033 [{low:+.3f}, {high:+.3f}]" in text and "lr_backbone=0.001" in text
+    assert "| `full` | 0.810 [" in text and f"+0.033 [{low:+.3f}, {high:+.3f}]" in text and "lr_backbone=0.001" in text
     assert "| `gradual` | 0.803 [" in text  # the newer source's gradual, not the old one's 0.6

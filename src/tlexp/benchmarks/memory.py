@@ -97,15 +97,20 @@ def section_memory(settings: Settings) -> dict:
     sizes = [None if size == "all" else int(size) for size in settings.memory_sizes.split(",")]
     rows = []
     for limit in sizes:
-        datamodule = unlabeled_data(settings, backbone, limit)
-        module = PseudoLabel(backbone, datamodule.num_classes, rounds=2)
-        count = len(datamodule.unlabeled_set)
-        rows.append(measure("pseudo-label prediction", count, lambda: module.predict_unlabeled(datamodule)))
-        rows.append(measure("feature encoding", count, lambda: compute_features(
-            backbone, datamodule.unlabeled_set, datamodule.normalize, settings.batch_size)))
-        if limit == sizes[0]:
-            old = min(OLD_IMAGES, count)
-            rows.append(measure("pseudo-label prediction before the fix", old, lambda: old_prediction(module, datamodule, old)))
-        del datamodule, module
-        gc.collect()
+        rows += passes_over(settings, backbone, limit, with_old=limit == sizes[0])
+        gc.collect()  # the data of this size is gone before the next is decoded
     return {"rows": rows}
+
+
+def passes_over(settings: Settings, backbone: torch.nn.Module, limit: int | None, with_old: bool) -> list[dict]:
+    """The passes over ``limit`` unlabeled images (all: None), and the old prediction pass where ``with_old``."""
+    datamodule = unlabeled_data(settings, backbone, limit)
+    module = PseudoLabel(backbone, datamodule.num_classes, rounds=2)
+    count = len(datamodule.unlabeled_set)
+    rows = [measure("pseudo-label prediction", count, lambda: module.predict_unlabeled(datamodule)),
+            measure("feature encoding", count, lambda: compute_features(
+                backbone, datamodule.unlabeled_set, datamodule.normalize, settings.batch_size))]
+    if with_old:
+        old = min(OLD_IMAGES, count)
+        rows.append(measure("pseudo-label prediction before the fix", old, lambda: old_prediction(module, datamodule, old)))
+    return rows

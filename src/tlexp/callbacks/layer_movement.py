@@ -24,8 +24,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
         mean_rows = gram.mean(0, keepdim=True)
         return gram - mean_rows - mean_rows.T + gram.mean()
 
-    k, l = centred_gram(x), centred_gram(y)
-    return float((k * l).sum() / (k.norm() * l.norm()).clamp_min(1e-12))
+    gram_x, gram_y = centred_gram(x), centred_gram(y)
+    return float((gram_x * gram_y).sum() / (gram_x.norm() * gram_y.norm()).clamp_min(1e-12))
 
 
 def relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> float:
