@@ -10,7 +10,7 @@ subset (``data.fraction``) and the validation split:
   per-channel statistics at each BatchNorm input and that layer's running statistics (which summarise
   the source data), averaged over channels and over the stage's BatchNorm layers;
 
-then recommends after the seeds' decision table (data size x domain similarity; README, "tlexp advise"):
+then recommends after the seeds' decision table (data size x domain similarity; docs/advise.md):
 strategy, frozen depth, rates, BatchNorm policy, overrides and an expected test/acc range, with the figures
 that led to it. Printed, written to ``<run dir>/advice.json`` and logged to the configured loggers (W&B).
 """
