@@ -63,7 +63,8 @@ def table(race: dict, defaults: dict[str, dict[int, float]]) -> str:
     lines = []
     for cell in race["cells"]:
         lines += [f"**{cell['cell']}** (`{' '.join(cell['overrides'])}`)", "",
-                  "| strategy | defaults: test/acc [95 % CI] | tuned (race) [95 % CI] | tuned - defaults, paired [95 % CI] | seeds | tuned settings |",
+                  "| strategy | defaults: test/acc [95 % CI] | tuned (race) [95 % CI] | tuned - defaults, paired [95 % CI] "
+                  "| seeds | tuned settings |",
                   "|---|---|---|---|---|---|"]
         for e in cell["strategies"]:
             tuned = {int(s): v for s, v in e["test_acc"].items()}

@@ -81,7 +81,8 @@ def format_summary(summary: dict) -> str:
     for key in ("completed", "skipped"):
         for entry in summary[key]:
             acc = entry.get("test_acc")
-            earlier = f"  (after earlier attempts: {', '.join(map(str, entry['earlier_attempts']))})" if entry.get("earlier_attempts") else ""
+            earlier = (f"  (after earlier attempts: {', '.join(map(str, entry['earlier_attempts']))})"
+                       if entry.get("earlier_attempts") else "")
             lines.append(f"  {key:11s} {entry['job']}" + (f"  test/acc={acc:.4f}" if acc is not None else "") + earlier)
     for key in ("pruned", "diverged", "interrupted", "killed", "failed"):
         for entry in summary[key]:

@@ -123,7 +123,8 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbea
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):  # 2: target_domain
+        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
+                                         weights_only=True):  # 2: target_domain
             metrics.update({k: float(v) for k, v in test_metrics.items()})
         record.test_acc = metrics.get("test/acc")
         record.target_test_acc = metrics.get("test/target_acc")

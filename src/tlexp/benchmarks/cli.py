@@ -28,7 +28,8 @@ def parse(argv: list[str] | None = None) -> Settings:
                                      epilog="Results are printed as Markdown (docs/BENCHMARKS.md) and optionally saved as JSON.")
     parser.add_argument("--device", default=DEFAULT.device, help="cpu or cuda")
     parser.add_argument("--data", default=DEFAULT.data, choices=["fashion_mnist", "synthetic"])
-    parser.add_argument("--data-root", default=DEFAULT.data_root, help="Fashion-MNIST IDX folder (default: /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--data-root", default=DEFAULT.data_root,
+                        help="Fashion-MNIST IDX folder (default: /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--model", default=DEFAULT.model, help="timm model (only the default has packaged weights; others start random)")
     parser.add_argument("--image-size", type=int, default=DEFAULT.image_size)
     parser.add_argument("--batch-size", type=int, default=DEFAULT.batch_size)
@@ -42,12 +43,16 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--val-size", type=int, default=DEFAULT.val_size)
     parser.add_argument("--prefix-epochs", type=int, default=DEFAULT.prefix_epochs, help="epochs of each prefix-cache run (section 6)")
     parser.add_argument("--probe-steps", type=int, default=DEFAULT.probe_steps)
-    parser.add_argument("--sweep-logger", default=DEFAULT.sweep_logger, help="logger group of the sweep jobs (the default config's: wandb, offline)")
+    parser.add_argument("--sweep-logger", default=DEFAULT.sweep_logger,
+                        help="logger group of the sweep jobs (the default config's: wandb, offline)")
     parser.add_argument("--pipeline-images", type=int, default=DEFAULT.pipeline_images, help="images of the generated folder (section 5)")
     parser.add_argument("--pipeline-source-size", type=int, default=DEFAULT.pipeline_source_size, help="their size on disk, px")
-    parser.add_argument("--large-folder", type=int, default=DEFAULT.large_folder, help="also measure peak memory over a folder of this many images (e.g. 100000)")
-    parser.add_argument("--memory-sizes", default=DEFAULT.memory_sizes, help="unlabeled-set sizes of section 7, comma-separated (all: the whole pool)")
-    parser.add_argument("--sections", default=DEFAULT.sections, help="comma-separated: throughput,cache,gradual,sweep,pipeline,prefix,memory")
+    parser.add_argument("--large-folder", type=int, default=DEFAULT.large_folder,
+                        help="also measure peak memory over a folder of this many images (e.g. 100000)")
+    parser.add_argument("--memory-sizes", default=DEFAULT.memory_sizes,
+                        help="unlabeled-set sizes of section 7, comma-separated (all: the whole pool)")
+    parser.add_argument("--sections", default=DEFAULT.sections,
+                        help="comma-separated: throughput,cache,gradual,sweep,pipeline,prefix,memory")
     parser.add_argument("--json", default=DEFAULT.json, help="also write all numbers to this file")
     return Settings(**vars(parser.parse_args(argv)))
 

@@ -105,7 +105,8 @@ def section_depths(settings: Settings, depths: list[int] | None = None) -> list[
                 raise RuntimeError(f"depth probe {depth} failed: {error}") from error
         row["saved_activations_mb"] = saved_activation_mb(settings, depth, images)
         rows.append(row)
-        print(f"  depth {depth}: step {row['step_s']:.3f} s (CPU {row['step_cpu_s']:.3f} s), saved activations {row['saved_activations_mb']:.1f} MB, "
+        print(f"  depth {depth}: step {row['step_s']:.3f} s (CPU {row['step_cpu_s']:.3f} s), "
+              f"saved activations {row['saved_activations_mb']:.1f} MB, "
               f"RSS peak in training +{row['rss_peak_mb'] - row['rss_before_mb']:.0f} MB over {row['rss_before_mb']:.0f} MB; "
               f"max RSS {row['maxrss_mb']:.0f} MB"
               + (f", CUDA peak {row['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in row else ""), flush=True)

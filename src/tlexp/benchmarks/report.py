@@ -30,9 +30,10 @@ def markdown(results: dict, settings: Settings) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, device {m['device']}"
              + (f" ({m['gpu']})" if "gpu" in m else "") + f"; torch {m['torch']}, lightning {m['lightning']}, "
              f"timm {m['timm']}, Python {m['python']}; load average at start {m['load_average'][0]:.1f}.",
-             f"Data: {settings.data}, {settings.image_size} px, batch {settings.batch_size}. Total benchmark time {results['seconds']:.0f} s.", ""]
-    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep), ("pipeline", _pipeline),
-                          ("prefix", _prefix), ("memory", _memory)):
+             f"Data: {settings.data}, {settings.image_size} px, batch {settings.batch_size}. "
+             f"Total benchmark time {results['seconds']:.0f} s.", ""]
+    for section, write in (("throughput", _throughput), ("cache", _cache), ("gradual", _gradual), ("sweep", _sweep),
+                           ("pipeline", _pipeline), ("prefix", _prefix), ("memory", _memory)):
         if section in results:
             lines += write(results, settings)
     return "\n".join(lines)
@@ -65,7 +66,8 @@ def _cache(results: dict, settings: Settings) -> list[str]:
             row("later epoch, median CPU time (s)", lambda r: r["later_epoch_cpu_s"], ".3f", ".4f"),
             row(f"{settings.epochs}-epoch run (s)", lambda r: r["total_s"], ".2f"),
             row("final val acc", lambda r: r["val_acc"], ".4f"),
-            "", f"Per later epoch {c['per_epoch_speedup']:.0f}x faster (CPU time {c['per_epoch_speedup_cpu']:.0f}x); whole run {c['run_speedup']:.1f}x "
+            "", f"Per later epoch {c['per_epoch_speedup']:.0f}x faster (CPU time {c['per_epoch_speedup_cpu']:.0f}x); "
+            f"whole run {c['run_speedup']:.1f}x "
             f"({c['run_speedup_from_disk']:.1f}x when the cache is on disk); heads allclose: {c['heads_allclose']}.", ""]
 
 
@@ -74,8 +76,10 @@ def _gradual(results: dict, settings: Settings) -> list[str]:
     cuda = "cuda_peak_mb" in depths[0]
     lines = ["### 3. Gradual unfreezing against Lightning's BackboneFinetuning", "",
              "| | epoch times (s) | val acc per epoch |", "|---|---|---|"]
-    lines += [f"| {k} | {', '.join(f'{s:.2f}' for s in v['epoch_s'])} | {', '.join(f'{a:.4f}' for a in v['val_acc'])} |" for k, v in g.items()]
-    lines += ["", "| frozen depth | trainable params | step (s) | step CPU (s) | saved activations (MB) | RSS growth in training (MB) | max RSS of the process (MB) |"
+    lines += [f"| {k} | {', '.join(f'{s:.2f}' for s in v['epoch_s'])} | {', '.join(f'{a:.4f}' for a in v['val_acc'])} |"
+              for k, v in g.items()]
+    lines += ["", "| frozen depth | trainable params | step (s) | step CPU (s) | saved activations (MB) | RSS growth in training (MB) "
+              "| max RSS of the process (MB) |"
               + (" CUDA peak (MB) |" if cuda else ""), "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cuda else "")]
     lines += [f"| {r['depth']} | {r['trainable_params']:,} | {r['step_s']:.3f} | {r['step_cpu_s']:.3f} | {r['saved_activations_mb']:.1f} | "
               f"{r['rss_peak_mb'] - r['rss_before_mb']:.0f} | {r['maxrss_mb']:.0f} |" + (f" {r['cuda_peak_mb']:.0f} |" if cuda else "")
@@ -86,7 +90,8 @@ def _gradual(results: dict, settings: Settings) -> list[str]:
 def _sweep(results: dict, settings: Settings) -> list[str]:
     s = results["sweep"]
     lines = [f"### 4. Per-job overhead in a sweep (`train.py -m`, logger={s['logger']})", "",
-             "| job | job start -> first step (s) | build, loggers, trainer (s) | setup -> train start (s) | train start -> first step (s) |",
+             "| job | job start -> first step (s) | build, loggers, trainer (s) | setup -> train start (s) "
+             "| train start -> first step (s) |",
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['job']} | {r['to_first_step_s']:.2f} | {r['build_s']:.2f} | {r['setup_to_train_start_s']:.2f} | "
               f"{r['train_start_to_first_step_s']:.2f} |" for r in s["jobs"]]
@@ -110,13 +115,15 @@ def _pipeline(results: dict, settings: Settings) -> list[str]:
 
 def _prefix(results: dict, settings: Settings) -> list[str]:
     p = results["prefix"]
-    lines = [f"### 6. Frozen-prefix cache ({settings.cache_train_size} training images, {settings.prefix_epochs} epochs per run, cache in memory)", "",
+    lines = [f"### 6. Frozen-prefix cache ({settings.cache_train_size} training images, {settings.prefix_epochs} epochs per run, "
+             "cache in memory)", "",
              "| run | epoch, uncached (s) | epoch, cached (s) | epoch speed-up | run, uncached (s) | run, cached (s) | run speed-up | "
              "cache build (s) | cache size (MB) | val acc uncached / cached |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in p["rows"]:
         u, c = r["uncached"], r["cached"]
         later = [statistics.median(x["epoch_s"][1:] or x["epoch_s"]) for x in (u, c)]
-        lines.append(f"| {r['label']} | {later[0]:.2f} | {later[1]:.2f} | {r['epoch_speedup']:.1f}x | {u['total_s']:.1f} | {c['total_s']:.1f} | "
+        lines.append(f"| {r['label']} | {later[0]:.2f} | {later[1]:.2f} | {r['epoch_speedup']:.1f}x | "
+                     f"{u['total_s']:.1f} | {c['total_s']:.1f} | "
                      f"{r['run_speedup']:.2f}x | {c['build_s']:.1f} | {c['cache_mb']:.0f} | {u['val_acc']:.4f} / {c['val_acc']:.4f} |")
     s = p["frozen_depth_sweep"]
     return lines + ["", f"`frozen_depth_sweep` (partial at depths {', '.join(map(str, s['depths']))}): {s['uncached']:.0f} s uncached, "

@@ -31,7 +31,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
-    for candidate in (folder / stem, folder / f"{stem}.gz", folder / "FashionMNIST" / "raw" / stem, folder / "FashionMNIST" / "raw" / f"{stem}.gz"):
+    for candidate in (folder / stem, folder / f"{stem}.gz",
+                      folder / "FashionMNIST" / "raw" / stem, folder / "FashionMNIST" / "raw" / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
     return None

@@ -53,11 +53,11 @@ def encode_in_batches(backbone: nn.Module, dataset: Dataset, normalize, encode, 
                       device: torch.device | str) -> tuple[list, torch.Tensor]:
     """``encode(normalized batch)`` of every batch of ``dataset`` in order, and the labels: the one pass both caches
     compute with (pooled features here, the frozen prefix's activations in ``prefix``). The backbone runs in an
-    ``inference_pass`` (eval mode, no autograd) on ``device``; its modes and device are restored after. The caches pass the training batch size: bigger
-    batches are no faster, on the CPU slower (the high-resolution stages' activations outgrow the caches:
-    EfficientNet-Lite0's first three stages at 64 px took 2.2x as long in batches of 256 as of 64). The loader has
-    its own generator: the prefix cache runs this after a resume has restored the RNG streams, which it must not
-    draw from."""
+    ``inference_pass`` (eval mode, no autograd) on ``device``; its modes and device are restored after. The caches
+    pass the training batch size: bigger batches are no faster, on the CPU slower (the high-resolution stages'
+    activations outgrow the caches: EfficientNet-Lite0's first three stages at 64 px took 2.2x as long in batches
+    of 256 as of 64). The loader has its own generator: the prefix cache runs this after a resume has restored the
+    RNG streams, which it must not draw from."""
     original = next(backbone.parameters()).device
     outputs, labels = [], []
     try:

@@ -10,10 +10,11 @@ with the same key as ``frozen``'s feature cache, so the jobs of a sweep share th
 ``gradual`` moves its boundary down at each milestone; one pass over the images at setup captures every
 boundary its schedule reaches (forward pre-hooks on the boundary modules, so the pass costs one frozen
 forward), and at each epoch's start the splits switch to that epoch's activations (``EpochInputs``). The
-activations are computed at the first switch, after a resume has restored the weights. The test split is cached at the stages that never train. Whether passing the prefix through reproduces the
-network is *checked* at setup on a batch of training images, for every boundary: a model whose forward
-does work between its modules (ViT's position embedding, say) fails the check and runs uncached
-(``auto``) or is refused (``true``).
+activations are computed at the first switch, after a resume has restored the weights. The test split is
+cached at the stages that never train. Whether passing the prefix through reproduces the network is
+*checked* at setup on a batch of training images, for every boundary: a model whose forward does work
+between its modules (ViT's position embedding, say) fails the check and runs uncached (``auto``) or is
+refused (``true``).
 
 Files: ``<cache_dir>/<key>.pt`` per split and boundary (``key``: the feature cache's fields, the boundary
 stage, the storage dtype, and a hash of the prefix's weights instead of the whole backbone's), loaded

@@ -18,7 +18,8 @@ so the file opens offline in any browser. A section without data says so. ``repo
 the same tables for scripts.
 
 Modules: ``tables`` (the numbers), ``figures`` (the PNGs), ``dashboard`` (the interactive race),
-``html`` (the page and ``generate``), ``wandb_charts`` (the views as W&B panels), ``cli`` (the command line). The jobs are read by ``tlexp.results.load_jobs``.
+``html`` (the page and ``generate``), ``wandb_charts`` (the views as W&B panels), ``cli`` (the command line).
+The jobs are read by ``tlexp.results.load_jobs``.
 """
 
 from tlexp.report.cli import main

@@ -136,8 +136,10 @@ def plot_cost(jobs: list[Job], path: Path) -> Path | None:
         mine = [j for j in done if series[j.name] == strategy]
         with_params = [j for j in mine if j.trainable_params is not None]
         with_time = [j for j in mine if j.seconds_per_epoch is not None]
-        by_params.scatter([j.trainable_params for j in with_params], [j.test_acc for j in with_params], color=colors[strategy], label=strategy)
-        by_time.scatter([j.seconds_per_epoch for j in with_time], [j.test_acc for j in with_time], color=colors[strategy], label=strategy)
+        by_params.scatter([j.trainable_params for j in with_params], [j.test_acc for j in with_params],
+                          color=colors[strategy], label=strategy)
+        by_time.scatter([j.seconds_per_epoch for j in with_time], [j.test_acc for j in with_time],
+                        color=colors[strategy], label=strategy)
     by_params.set_xscale("log")
     by_params.set(xlabel="trainable parameters", ylabel="test/acc", title="test/acc vs trainable parameters")
     by_time.set(xlabel="seconds per training epoch", ylabel="test/acc", title="test/acc vs seconds per epoch")
@@ -158,7 +160,8 @@ def plot_depth(table: Table, path: Path) -> Path | None:
         mine = [r for r in rows if (r["strategy"], r["fraction"]) == (name, fraction)]
         depth = [r["frozen_depth"] for r in mine]
         label = (f"fraction {fraction:g}" if fraction is not None else "fraction ?") + name.removeprefix("partial")
-        axes[0].errorbar(depth, [r["test_acc_mean"] for r in mine], yerr=[r["test_acc_std"] for r in mine], marker="o", capsize=3, label=label)
+        axes[0].errorbar(depth, [r["test_acc_mean"] for r in mine], yerr=[r["test_acc_std"] for r in mine],
+                         marker="o", capsize=3, label=label)
         axes[1].plot(depth, [r["params_trainable"] for r in mine], marker="o", label=label)
         axes[2].plot(depth, [r["s_per_epoch"] for r in mine], marker="o", label=label)
     for ax, ylabel in zip(axes, ("test/acc", "trainable parameters", "seconds per epoch")):

@@ -92,7 +92,8 @@ def build_sections(jobs: list[Job], out: Path, fraction: float | None, figures: 
         Section("race", "1. The race", f"Validation accuracy per epoch and per second of training for fraction "
                 f"{race_fraction if race_fraction is None else format(race_fraction, 'g')}: mean over seeds, band min-max.",
                 race_table(curves), figure(plot_race, curves, race_fraction, name="race.png") if curves else None,
-                "" if curves else "No completed job with a metrics.csv history" + (f" at fraction {race_fraction:g}." if race_fraction is not None else ".")),
+                "" if curves else "No completed job with a metrics.csv history"
+                + (f" at fraction {race_fraction:g}." if race_fraction is not None else ".")),
         Section("few_shot", "2. Few-shot curve", "Test accuracy against the number of training images (log scale); "
                 "error bars min-max over seeds.", few_shot, figure(plot_few_shot, few_shot, name="few_shot.png") if few_shot.rows else None,
                 "" if few_shot.rows else "No completed job with a test accuracy."),

@@ -286,7 +286,8 @@ def verdict_table(sweep_dir: Path) -> Table:
     """The race's verdict (``race.json``, tlexp.race), one row per data cell and strategy; empty without a race."""
     path = Path(sweep_dir) / RACE_FILE
     columns = ["cell", "strategy", "verdict", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "seeds", "acc_diff_to_winner",
-               "acc_diff_low", "acc_diff_high", "trials", "pruned", "epochs", "image_epochs", "search_seconds", "val_acc_best", "best_params"]
+               "acc_diff_low", "acc_diff_high", "trials", "pruned", "epochs", "image_epochs", "search_seconds", "val_acc_best",
+               "best_params"]
     if not path.is_file():
         return Table(columns, [])
     rows = []

@@ -20,8 +20,10 @@ from tlexp.strategies.pseudo_label import PseudoLabel
 from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
 
-STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP, Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
+STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP,
+                                                    Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
 """name -> class, from the least to the most adapted backbone; the order the report draws them in. A name is
 its class's in lower case, or given where that would not read (``pseudo_label``)."""
 
-__all__ = ["DANN", "L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial", "PseudoLabel", "Reinit", "Scratch"]
+__all__ = ["DANN", "L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
+           "PseudoLabel", "Reinit", "Scratch"]

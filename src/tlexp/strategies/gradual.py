@@ -39,8 +39,9 @@ class Gradual(CachesPrefix, TransferModule):
 
     ``unfreeze_on=plateau``: instead, the next stage unfreezes after an epoch in which ``val/acc``
     has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
-    unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test stops training (``stop_at_plateau``). The
-    epochs chosen are part of the freeze plan, so checkpoints carry them and a resume continues.
+    unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test
+    stops training (``stop_at_plateau``). The epochs chosen are part of the freeze plan, so checkpoints carry
+    them and a resume continues.
 
     ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
     (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
