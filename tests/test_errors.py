@@ -86,8 +86,10 @@ CASES = {
                                ["data.root=", "images_one_class", "at least 2 classes"]),
     "image_size_the_model_cannot_take": (["model=timm", "model.name=test_vit", "data.image_size=30"],
                                          ["data.image_size=30 ", "accepted: 160", "divisible by patch size"]),
-    "unknown_key_in_a_node": (["strategy=partial", "+strategy.frozn_depth=3"], ["strategy.frozn_depth=3 ", "did you mean strategy.frozen_depth?"]),
-    "weights_missing_file": (["model.weights=/nonexistent.pth"], ["model.weights='/nonexistent.pth'", "an existing weights file", "not found"]),
+    "unknown_key_in_a_node": (["strategy=partial", "+strategy.frozn_depth=3"],
+                              ["strategy.frozn_depth=3 ", "did you mean strategy.frozen_depth?"]),
+    "weights_missing_file": (["model.weights=/nonexistent.pth"],
+                             ["model.weights='/nonexistent.pth'", "an existing weights file", "not found"]),
     "weights_other_architecture": (lambda tmp: [f"model.weights={foreign_weights(tmp)}"],
                                    ["model.weights=", "test_resnet.pth", "a weights file that fits model.name=test_efficientnet"]),
 }

@@ -151,7 +151,8 @@ def test_resume_after_unfreeze_milestone_matches_uninterrupted_run(tmp_path):
     # epoch index 1 has unfrozen the top stage: resume from the end of it
     checkpoint = tmp_path / "ckpt" / "epoch=1.ckpt"
     assert torch.load(checkpoint, weights_only=True)["callbacks"]["FineTuning"]["unfrozen"] == ["blocks.4", "head"]
-    datamodule, resumed = build(Gradual, unfreeze_every=1, head_dropout=0.1, seed=SEED + 1)  # different init: all must come from the checkpoint
+    # different init: all must come from the checkpoint
+    datamodule, resumed = build(Gradual, unfreeze_every=1, head_dropout=0.1, seed=SEED + 1)
     datamodule.seed = SEED
     datamodule.train_set = None
     datamodule.setup()

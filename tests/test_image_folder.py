@@ -319,4 +319,5 @@ def test_auto_workers_decode_files_in_workers_and_keep_tensors_in_process(tmp_pa
     assert len(next(iter(loader))[0]) == 8
     memory = Synthetic(image_size=16, val_size=8, batch_size=8).prepare_for(STATISTICS)
     assert memory.train_dataloader().num_workers == 0
-    assert ImageFolder(root=str(tmp_path / "f"), val_split=10, image_size=16, num_workers=0).prepare_for(STATISTICS).train_dataloader().num_workers == 0
+    assert ImageFolder(root=str(tmp_path / "f"), val_split=10, image_size=16,
+                       num_workers=0).prepare_for(STATISTICS).train_dataloader().num_workers == 0

@@ -98,7 +98,8 @@ def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
     resumed = read_json(tmp_path / "runs" / "second" / "result.json")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == record["resume_checkpoint"]
     assert read_json(first / "result.json")["resumed_in"] == str(tmp_path / "runs" / "second")
-    final, expected = _weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"), _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    final, expected = (_weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"),
+                       _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt"))
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
 
 

@@ -95,8 +95,9 @@ def test_a_strategy_without_a_space_is_named():
 
 
 def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
-    """2 trials of strategy=gradual in an SQLite study; the same command again (the config sets hydra.mode=MULTIRUN) keeps them and runs none again;
-    a larger budget adds a trial with new settings. lr_ratio and unfreeze_by reach the strategy."""
+    """2 trials of strategy=gradual in an SQLite study; the same command again (the config sets hydra.mode=MULTIRUN)
+    keeps them and runs none again; a larger budget adds a trial with new settings. lr_ratio and unfreeze_by reach the
+    strategy."""
     db = tmp_path / "study.db"
     search = ("hparams_search=optuna", "strategy=gradual", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}",
               f"hydra.sweeper.storage=sqlite:///{db}")

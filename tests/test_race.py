@@ -30,7 +30,8 @@ def test_the_verdict_intervals_come_from_the_t_distribution():
                {"strategy": "d", "test_acc": {}}]  # nothing confirmed: listed last, no verdict
     a, b, c, d = race.verdict(entries)
     t = stats.t.ppf(0.975, 2)
-    assert a["winner"] and a["mean"] == pytest.approx(0.82) and a["ci"] == pytest.approx((0.82 - t * 0.02 / 3 ** 0.5, 0.82 + t * 0.02 / 3 ** 0.5))
+    assert (a["winner"] and a["mean"] == pytest.approx(0.82)
+            and a["ci"] == pytest.approx((0.82 - t * 0.02 / 3 ** 0.5, 0.82 + t * 0.02 / 3 ** 0.5)))
     sd_b = (((-0.01 + 0.01 / 3) ** 2 * 2 + (0.01 + 0.01 / 3) ** 2) / 2) ** 0.5
     assert b["diff"] == pytest.approx(-0.01 / 3) and b["tied"] and not b["winner"]
     assert b["diff_ci"] == pytest.approx((-0.01 / 3 - t * sd_b / 3 ** 0.5, -0.01 / 3 + t * sd_b / 3 ** 0.5))
@@ -175,7 +176,8 @@ def test_the_verdict_in_the_report(tmp_path):
     from tlexp.report import generate
 
     entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
-                             "val_acc_best": 0.8, "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
+                             "val_acc_best": 0.8,
+                             "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
                             {"strategy": "frozen", "test_acc": {"0": 0.70, "1": 0.75}, "best_params": {}, "val_acc_best": 0.7,
                              "search": {"trials": 4, "pruned": 1, "failed": 0, "epochs": 11, "image_epochs": 6600, "seconds": 3.0}}])
     entries[0].update(best_trial=1, trials=[{"number": 0, "state": "pruned", "values": [0.5], "start": 0.0, "end": 2.0},

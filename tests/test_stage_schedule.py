@@ -137,7 +137,8 @@ def test_bad_schedule_values_name_the_key(override, key):
 def test_run_record_holds_the_plan(tmp_path, main_inprocess):
     """result.json: the unfreeze epochs and rates the plan computed from the run's length and stage count."""
     code, output = main_inprocess(tmp_path, "strategy=gradual", "model=timm", "model.name=test_resnet",
-                                  "trainer.max_epochs=8", "strategy.unfreeze_by=0.5", "strategy.lr_ratio=0.001", "train=false", "test=false")
+                                  "trainer.max_epochs=8", "strategy.unfreeze_by=0.5", "strategy.lr_ratio=0.001", "train=false",
+                                  "test=false")
     assert code == 0, output[-3000:]
     record = read_json(tmp_path / "result.json")
     assert record["unfreeze_epochs"] == {"stem": 4, "layer1": 4, "layer2": 3, "layer3": 2, "layer4": 1, "head": 0}

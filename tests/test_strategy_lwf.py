@@ -57,7 +57,8 @@ def test_loss_is_ce_plus_lambda_old_times_kl(weights):
     images, labels = next(iter(datamodule.train_dataloader()))
     images = datamodule.normalize(images)
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(torch.randn(sum(p.numel() for p in module.head.parameters())), module.head.parameters())  # move away from the start so both terms are nonzero
+        # move away from the start so both terms are nonzero
+        torch.nn.utils.vector_to_parameters(torch.randn(sum(p.numel() for p in module.head.parameters())), module.head.parameters())
         module.old_head.weight.add_(torch.randn_like(module.old_head.weight))
         logits = module(images)
         features = module._features
@@ -77,7 +78,8 @@ def test_original_frozen_and_old_head_trains_with_the_new_head(tmp_path, weights
     after = state(module.original.model)
     assert all(torch.equal(original[k], after[k]) for k in original)
     assert not any(p.requires_grad for p in module.original.model.parameters())
-    assert not torch.equal(old_head, module.old_head.weight) and not torch.equal(head, torch.nn.utils.parameters_to_vector(module.head.parameters()))
+    assert not torch.equal(old_head, module.old_head.weight) and not torch.equal(
+        head, torch.nn.utils.parameters_to_vector(module.head.parameters()))
     groups = module.trainer.optimizers[0].param_groups
     assert any(p is module.old_head.weight for g in groups if g["stage"] == "head" for p in g["params"])
 

@@ -103,7 +103,8 @@ def test_result_json_fields(sweep):
 def test_sweep_summary_lists_completed_and_failed(sweep):
     first, _, sweep_dir, _ = sweep
     # the second invocation overwrote the file; the first one's counts are in its output
-    assert "4 completed, 0 skipped (already completed), 0 diverged, 0 interrupted, 0 killed, 2 failed, 6 jobs" in first.stdout, first.stdout[-3000:]
+    assert ("4 completed, 0 skipped (already completed), 0 diverged, 0 interrupted, 0 killed, 2 failed, 6 jobs"
+            in first.stdout), first.stdout[-3000:]
     assert re.search(r"failed .*data\.fraction=2.*not accepted", first.stdout)
 
 
