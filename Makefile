@@ -25,7 +25,7 @@ CHROMIUM := /usr/bin/chromium
 APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q
 export WANDB_SILENT ?= true
 
-.PHONY: help python setup data browser train test test-fast clean
+.PHONY: help python setup data browser train lint test test-fast clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -57,7 +57,10 @@ browser: ## install headless Chromium (Debian package chromium) for the report p
 train: setup data ## set up, then run the default experiment (python train.py)
 	$(BIN)/python train.py
 
-test: setup data browser ## set up, then run the whole test suite (CPU, about 16 min on 2 cores)
+lint: setup ## ruff check . (pyflakes and pycodestyle errors and warnings, lines up to 140 columns)
+	$(BIN)/ruff check .
+
+test: setup data browser lint ## set up, lint, then run the whole test suite (CPU, about 16 min on 2 cores)
 	$(BIN)/pytest -q
 
 test-fast: setup browser ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)
