@@ -1,4 +1,4 @@
-"""Shared fixtures: the composed config, train.py as a subprocess, train.py in-process, one strategy sweep.
+"""Shared fixtures: the composed config, train.py as a subprocess, train.py in-process, a teacher run, one strategy sweep.
 
 Everything runs on CPU with ``model=tiny data=synthetic`` (a ~0.1 M parameter timm EfficientNet on
 small generated images), so a train.py subprocess costs ~10-20 s, mostly imports.
@@ -111,41 +111,49 @@ def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = Fa
     return result
 
 
+def call_main(monkeypatch: pytest.MonkeyPatch, run_dir, *overrides: str, base=TINY) -> tuple[int, str]:
+    """``tlexp.train.main`` (the Hydra entry point of train.py) in this process, with argv set through
+    ``monkeypatch``: ``(exit_code, stdout and stderr)``. Hydra's logging setup and global state and the
+    environment are undone afterwards."""
+    from tlexp.train import main
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_environ = dict(os.environ)  # seed_everything sets PL_GLOBAL_SEED, which children would inherit
+    args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
+    monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
+    output = io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    return code, output.getvalue()
+
+
 @pytest.fixture
 def main_inprocess(monkeypatch):
-    """Call ``tlexp.train.main`` (the Hydra entry point of train.py) in this process.
+    """Call ``tlexp.train.main`` (the Hydra entry point of train.py) in this process (``call_main``).
 
     Returns ``call(run_dir, *overrides) -> (exit_code, stdout and stderr)``; much faster than a subprocess
     for tests that fail before training. Monkeypatches made by the test apply. Hydra's logging
     setup and global state are undone afterwards.
     """
-    from tlexp.train import main
 
     def call(run_dir, *overrides: str, base=TINY):
-        root = logging.getLogger()
-        saved_handlers, saved_level = root.handlers[:], root.level
-        saved_environ = dict(os.environ)  # seed_everything sets PL_GLOBAL_SEED, which children would inherit
-        args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
-        monkeypatch.setattr(sys, "argv", ["train.py", *args, f"hydra.run.dir={run_dir}"])
-        output = io.StringIO()
-        code = 0
-        try:
-            with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
-                main()
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        finally:
-            for handler in root.handlers[:]:
-                if handler not in saved_handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.handlers[:] = saved_handlers
-            root.setLevel(saved_level)
-            GlobalHydra.instance().clear()
-            HydraConfig.instance().cfg = None
-            os.environ.clear()
-            os.environ.update(saved_environ)
-        return code, output.getvalue()
+        return call_main(monkeypatch, run_dir, *overrides, base=base)
 
     return call
 
@@ -169,9 +177,13 @@ def metric_columns(run_dir) -> list[str]:
 
 @pytest.fixture(scope="session")
 def teacher_run(tmp_path_factory):
-    """A finished tiny run (1 epoch of strategy=full on synthetic data): a teacher for strategy=distill."""
+    """A finished tiny run (1 epoch of strategy=full on synthetic data): a teacher for strategy=distill.
+    Trained in this process (``call_main``), so the tests that only need a teacher start no train.py."""
     run_dir = tmp_path_factory.mktemp("teacher")
-    run_train(run_dir, "strategy=full", "trainer.max_epochs=1")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        code, output = call_main(monkeypatch, run_dir, "strategy=full", "trainer.max_epochs=1")
+    if code != 0:
+        pytest.fail(f"train.py strategy=full trainer.max_epochs=1 (in-process) exited {code}:\n{output[-6000:]}")
     return run_dir
 
 
