@@ -116,6 +116,7 @@ def test_feature_cache_file_is_ignored_not_run(tmp_path, marker, caplog):
     assert "refused" in caplog.text
 
 
+@pytest.mark.slow
 def test_every_strategys_checkpoint_is_plain(strategy_sweep):
     """What tlexp writes loads with weights_only=True: its own files never need the unsafe path."""
     _, runs = strategy_sweep
