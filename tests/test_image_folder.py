@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import tlexp.data.file_check as file_check
-from conftest import compose_config, read_json, run_train
+from conftest import compose_config, read_json
 from tlexp import config
 from tlexp.data import ImageFolder
 from tlexp.data.file_check import CACHE_NAME
