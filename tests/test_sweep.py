@@ -291,4 +291,22 @@ def test_slurm_launcher_config():
 def test_sweep_callback_registered():
     cfg = compose_hydra()
     assert cfg.hydra.callbacks.sweep_summary._target_ == "tlexp.sweep.SweepSummary"
-    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.override_dirname}"
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${tlexp_job_dir:${hydra.job.override_dirname}}"
+
+
+def test_a_job_directory_is_one_name_whatever_the_overrides():
+    """A path among the overrides (model.weights=/x/y.pth) stays inside one directory name, escaped and
+    reversible; a name over the limit keeps its start and a hash of the whole, so two long ones stay apart;
+    ordinary overrides are left as Hydra writes them."""
+    from urllib.parse import unquote
+
+    from tlexp import JOB_DIR_BYTES, job_dir
+
+    assert job_dir("seed=0,strategy=full") == "seed=0,strategy=full"
+    named = job_dir("model.weights=/x/50%/y.pth,seed=0")
+    assert "/" not in named and unquote(named) == "model.weights=/x/50%/y.pth,seed=0"
+    long_a, long_b = job_dir("a" * 300 + "1"), job_dir("a" * 300 + "2")
+    assert long_a != long_b and len(long_a.encode()) == JOB_DIR_BYTES and long_a.startswith("a" * 100)
+    cfg = OmegaConf.create({"hydra": {"job": {"override_dirname": "data.root=/my/images,seed=1"}},
+                            "subdir": compose_hydra().hydra.sweep._get_node("subdir")._value()})
+    assert cfg.subdir == "data.root=%2Fmy%2Fimages,seed=1"
