@@ -174,6 +174,7 @@ def test_the_verdict_in_the_report(tmp_path):
     """report.html shows race.json as a leaderboard with its intervals and each strategy's search as a figure
     (a strategy without trial histories, from an older race.json, is drawn empty); report.json holds the rows."""
     from tlexp.report import generate
+    from tlexp.results import RunRecord, Status, write_result
 
     entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
                              "val_acc_best": 0.8,
@@ -183,8 +184,12 @@ def test_the_verdict_in_the_report(tmp_path):
     entries[0].update(best_trial=1, trials=[{"number": 0, "state": "pruned", "values": [0.5], "start": 0.0, "end": 2.0},
                                             {"number": 1, "state": "complete", "values": [0.6, 0.8], "start": 2.0, "end": 6.0}])
     (tmp_path / "race.json").write_text(json.dumps({"cells": [{"cell": "data.fraction=0.01", "strategies": entries}]}))
+    for depth in (2, 3):  # search trials of partial: completed, never tested (no frozen-depth figure from them)
+        write_result(tmp_path / "race" / "partial" / str(depth), RunRecord(status=Status.COMPLETED, strategy="partial",
+                                                                         frozen_depth=depth, fraction=0.01, val_acc_best=0.8))
     page = generate(tmp_path).read_text()
     assert "Race verdict" in page and "<td>winner</td>" in page
+    assert not read_json(tmp_path / "report.json")["tables"]["frozen_depth"]
     low, high = entries[0]["ci"]
     assert f"<td>0.8200 [{low:.4f}, {high:.4f}]</td>" in page and "<td>4 (2 pruned), 10 epochs, 12 s</td>" in page
     assert read_json(tmp_path / "report.json")["figures"]["race_search"] == "race_search.png"

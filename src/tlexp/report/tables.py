@@ -260,9 +260,11 @@ def cost_table(jobs: list[Job]) -> Table:
 
 
 def depth_table(jobs: list[Job]) -> Table:
-    """``partial`` jobs per (series, fraction, frozen depth): test/acc, trainable parameters, seconds per epoch."""
+    """Tested ``partial`` jobs (not a race's search trials) per (series, fraction, frozen depth): test/acc,
+    trainable parameters, seconds per epoch."""
     groups = defaultdict(list)
-    partial = [j for j in jobs if j.completed and j.record.strategy == "partial" and j.record.frozen_depth is not None]
+    partial = [j for j in jobs if j.completed and j.record.strategy == "partial" and j.record.frozen_depth is not None
+               and j.test_acc is not None]
     series = series_names(partial, beside=("strategy.frozen_depth",))
     for job in partial:
         groups[(series[job.name], fraction_of(job), job.record.frozen_depth)].append(job)
