@@ -142,3 +142,15 @@ def test_sliders_and_stage_strip_in_chromium(page, sweep):
         assert frozen_boxes("gradual") == NUM_STAGES - 1 and frozen_boxes("partial (frozen_depth=2)") == 2
         browser.close()
     assert errors == [] and requests == [page.as_uri()]
+
+
+def test_many_series_keep_the_plot_wide(sweep):
+    """A race's dozens of trials: no legend beside the second plot (the cards name the series); a few series keep it."""
+    from tlexp.report.dashboard import LEGEND_SERIES, race_figures
+
+    groups = race_groups(load_jobs(sweep[0]))
+    colors = {g["series"]: "#000" for g in groups}
+    assert len({g["series"] for g in groups}) <= LEGEND_SERIES
+    assert race_figures(groups, colors)[1].layout.showlegend is not False
+    many = [dict(g, series=f"trial {i}") for i, g in enumerate(groups * (LEGEND_SERIES // len(groups) + 1))]
+    assert race_figures(many, {g["series"]: "#000" for g in many})[1].layout.showlegend is False

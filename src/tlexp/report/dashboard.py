@@ -99,7 +99,13 @@ def race_figures(groups: list[dict], colors: dict[str, str]) -> list:
                 hovertemplate=f"%{{fullData.name}}<br>{label} %{{x:.3g}}<br>val/acc %{{y:.4f}}<extra></extra>"))
         figures.append(_layout(figure, f"val/acc per {label}", axis, "val/acc"))
     figures[0].update_layout(showlegend=False, xaxis_dtick=1)  # the legend: beside the second, and on the cards
+    if len({g["series"] for g in groups}) > LEGEND_SERIES:  # a race's trials: the cards name them, the plot keeps its width
+        figures[1].update_layout(showlegend=False)
     return figures
+
+
+LEGEND_SERIES = 12
+"""Beyond this many series the second plot shows no legend (it would take the plot's width); the cards name them."""
 
 
 def result_figures(few_shot: list[dict], gain: list[dict], cost: list[dict], colors: dict[str, str]) -> list:
