@@ -22,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from tlexp.race import interval
+from tlexp.results import settings_text
 
 
 def default_scores(sources: list[Path], where: list[str]) -> dict[str, dict[int, float]]:
@@ -76,10 +77,9 @@ def table(race: dict, defaults: dict[str, dict[int, float]]) -> str:
                 low, high = test.confidence_interval(0.95)
                 mean = float(np.mean([tuned[s] - base[s] for s in seeds]))
                 diff = f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
-            params = ", ".join(f"{k.removeprefix('strategy.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('strategy.')}={v}"
-                               for k, v in (e.get("best_params") or {}).items())
             lines.append(f"| `{e['strategy']}` | {ranged(list(base.values())) if base else '-'} | "
-                         f"{ranged(list(tuned.values())) if tuned else '-'} | {diff} | {','.join(map(str, seeds)) or '-'} | {params} |")
+                         f"{ranged(list(tuned.values())) if tuned else '-'} | {diff} | {','.join(map(str, seeds)) or '-'} | "
+                         f"{settings_text(e.get('best_params'))} |")
         lines.append("")
     return "\n".join(lines)
 

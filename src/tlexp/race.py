@@ -39,7 +39,7 @@ from scipy import stats
 
 from tlexp import search_space, study as studies
 from tlexp.errors import ConfigError, InvalidValue
-from tlexp.results import RACE_FILE, RunRecord, Status, read_result
+from tlexp.results import RACE_FILE, RunRecord, Status, read_result, settings_text
 
 log = logging.getLogger("tlexp.race")
 OBJECTIVE = "val/acc_best"
@@ -309,12 +309,10 @@ def format_race(result: dict) -> str:
             dci = e.get("diff_ci")
             word = "winner" if e.get("winner") else ("tied" if e.get("tied") else ("behind" if "mean" in e else "no result"))
             search = e["search"]
-            params = ", ".join(f"{k.removeprefix('strategy.')}={_fmt(v, '.3g') if isinstance(v, float) else v}"
-                               for k, v in (e.get("best_params") or {}).items())
             lines.append(f"  {e['strategy']:15s} {_fmt(e.get('mean')):>7s} "
                          f"{(f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else '-'):>17s} {_fmt(e.get('diff'), '+.4f'):>9s} "
                          f"{(f'[{dci[0]:+.4f}, {dci[1]:+.4f}]' if dci else '-'):>19s}  {word:10s} "
                          f"{search['trials']:>6d} {search['pruned']:>6d} {search['epochs']:>6d} {search['image_epochs']:>9d} "
-                         f"{search['seconds']:>8.0f}  {params}")
+                         f"{search['seconds']:>8.0f}  {settings_text(e.get('best_params'))}")
     lines.append(f"\n{RACE_FILE}: {Path(result['race_dir']) / RACE_FILE}")
     return "\n".join(lines)

@@ -26,8 +26,16 @@ SUMMARY_FILE = "sweep_summary.json"
 """Written by ``sweep.SweepSummary`` into the sweep directory; the report shows its counts."""
 RACE_FILE = "race.json"
 """Written by ``race.Race`` into the race directory: the verdict; the report and the W&B summary run show it."""
+
 HISTORY_FILE = "metrics.csv"
 EPOCH_KEYS = ("val/acc", "val/loss", "train/acc", "train/loss", "time/epoch_s", "time/elapsed_s")
+
+
+def settings_text(params: dict | None) -> str:
+    """A race's best settings as one line (``lr_head=0.000375, frozen_depth=3``): the ``strategy.`` prefix dropped,
+    floats to 3 significant digits; the printed verdict, the report and scripts/race_vs_defaults.py show the same."""
+    return ", ".join(f"{key.removeprefix('strategy.')}={format(value, '.3g') if isinstance(value, float) else value}"
+                     for key, value in (params or {}).items())
 
 
 class Status(str, Enum):

@@ -60,8 +60,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.empty{color:#888;font-style:italic}
 .section{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img{max-width:100%;border:1px solid #eee}
-.failed{color:#b00}#verdict td:last-child{text-align:left;max-width:32em}#verdict td{white-space:nowrap}
-#verdict td:last-child{white-space:normal}"""
+.failed{color:#b00}#verdict td{white-space:nowrap}
+#verdict td:last-child{text-align:left;max-width:32em;white-space:normal}"""
 
 
 @dataclass

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlexp.results import RACE_FILE, Job, Status
+from tlexp.results import RACE_FILE, Job, Status, settings_text
 
 
 def describe(values: list[float]) -> dict:
@@ -297,11 +297,9 @@ def verdict_table(sweep_dir: Path) -> Table:
         for e in cell["strategies"]:
             ci, dci, search = e.get("ci") or (None, None), e.get("diff_ci") or (None, None), e["search"]
             verdict = "winner" if e.get("winner") else "tied" if e.get("tied") else "behind" if "mean" in e else "no result"
-            params = ", ".join(f"{k.removeprefix('strategy.')}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix('strategy.')}={v}"
-                               for k, v in (e.get("best_params") or {}).items())
             rows.append([cell["cell"], e["strategy"], verdict, e.get("mean"), *ci, e.get("n"), e.get("diff"), *dci,
                          search["trials"], search["pruned"], search["epochs"], search["image_epochs"], search["seconds"],
-                         e.get("val_acc_best"), params])
+                         e.get("val_acc_best"), settings_text(e.get("best_params"))])
     return Table(columns, rows)
 
 
