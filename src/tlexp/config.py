@@ -27,10 +27,7 @@ from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
-from tlexp.freeze_plan import BN_POLICIES, BN_TRAINABLE
-from tlexp.heads import HEADS
 from tlexp.rules import BOOLEAN, POSITIVE_RATE, Rule, choice, integer, number, plain, rules_of, signature_chain
-from tlexp.schedules import SCHEDULES
 from tlexp.strategies.gradual import UNFREEZE_ON
 from tlexp.strategies.lora import TARGET_STAGES, target_stages_form
 
@@ -52,18 +49,6 @@ RULES: dict[str, Rule] = {
     "data.test_size": CARVE,
     "data.test_limit": _auto_or(integer(1), sizes.TEST_LIMIT_ACCEPTED, allow_null=True),
     "data.on_bad_image": choice(ON_BAD_IMAGE),
-    "strategy.lr_head": POSITIVE_RATE,
-    "strategy.lr_backbone": POSITIVE_RATE,
-    "strategy.lr_ratio": Rule("a ratio in (0, 1]: the lowest backbone stage's rate / the top stage's",
-                              lambda v: number(v) and 0 < v <= 1),
-    "strategy.lr_decay": Rule("null (strategy.lr_ratio sets the rates) or a factor in (0, 1] per stage further down",
-                              lambda v: v is None or (number(v) and 0 < v <= 1)),
-    "strategy.schedule": choice(SCHEDULES),
-    "strategy.warmup_fraction": Rule("a share in [0, 1)", lambda v: number(v) and 0 <= v < 1),
-    "strategy.head": Rule(" or ".join(HEADS), lambda v: v in HEADS),
-    "strategy.bn_policy": choice(BN_POLICIES),
-    "strategy.bn_trainable": choice(BN_TRAINABLE),
-    "strategy.stage_warmup": BOOLEAN,
     "strategy.unfreeze_by": Rule("a share of trainer.max_epochs in (0, 1], after which every stage trains",
                                  lambda v: number(v) and 0 < v <= 1),
     "strategy.unfreeze_every": Rule("null (strategy.unfreeze_by sets the pace) or an integer >= 1 (epochs per stage)",

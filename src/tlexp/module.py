@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 from functools import cached_property, partial
+from typing import Annotated
 
 import lightning as L
 import torch
@@ -20,10 +21,15 @@ from torchmetrics.classification import MulticlassAccuracy
 from tlexp.backbone import feature_width
 from tlexp.callbacks.finetuning import FineTuning
 from tlexp.feature_cache.prefix import passed_through
-from tlexp.freeze_plan import FreezePlan
-from tlexp.heads import build_head
-from tlexp.schedules import StageLR, make_schedule
+from tlexp.freeze_plan import BN_POLICIES, BN_TRAINABLE, FreezePlan
+from tlexp.heads import HEAD_KIND, build_head
+from tlexp.rules import BOOLEAN, POSITIVE_RATE, Checked, Rule, choice, number
+from tlexp.schedules import SCHEDULES, StageLR, make_schedule
 from tlexp.stages import HEAD, Stage, split_stages
+
+LR_RATIO = Rule("a ratio in (0, 1]: the lowest backbone stage's rate / the top stage's", lambda v: number(v) and 0 < v <= 1)
+LR_DECAY = Rule("null (strategy.lr_ratio sets the rates) or a factor in (0, 1] per stage further down",
+                lambda v: v is None or (number(v) and 0 < v <= 1))
 
 
 def stage_factors(count: int, lr_ratio: float = 1.0, lr_decay: float | None = None) -> list[float]:
@@ -41,8 +47,11 @@ def _listed(name: str, entries: set[str]) -> bool:
     return any(name.startswith(entry + ".") or fnmatchcase(name, entry) for entry in entries)
 
 
-class TransferModule(L.LightningModule):
-    """Backbone and head trained per stage; subclasses define the freeze schedule and the rates."""
+class TransferModule(Checked, L.LightningModule):
+    """Backbone and head trained per stage; subclasses define the freeze schedule and the rates.
+
+    A parameter's annotation declares what it accepts (``Annotated[float, Rule(...)]``, ``tlexp.rules``): the config
+    is checked against it before anything is built, and a module built in Python before its ``__init__`` runs."""
 
     uses_pretrained_weights = True
     """Scratch sets this to False: the entry point then builds the backbone without weights."""
@@ -52,19 +61,19 @@ class TransferModule(L.LightningModule):
         backbone: nn.Module,
         num_classes: int,
         optimizer: Callable = partial(torch.optim.AdamW, weight_decay=0.01),
-        lr_head: float = 1e-2,
-        lr_backbone: float = 1e-4,
-        lr_ratio: float = 1.0,
-        lr_decay: float | None = None,
-        schedule: str = "warmup_cosine",
-        warmup_fraction: float = 0.1,
-        head: str = "linear",
+        lr_head: Annotated[float, POSITIVE_RATE] = 1e-2,
+        lr_backbone: Annotated[float, POSITIVE_RATE] = 1e-4,
+        lr_ratio: Annotated[float, LR_RATIO] = 1.0,
+        lr_decay: Annotated[float | None, LR_DECAY] = None,
+        schedule: Annotated[str, choice(SCHEDULES)] = "warmup_cosine",
+        warmup_fraction: Annotated[float, Rule("a share in [0, 1)", lambda v: number(v) and 0 <= v < 1)] = 0.1,
+        head: Annotated[str, HEAD_KIND] = "linear",
         head_hidden: int = 256,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
-        bn_policy: str = "frozen",
-        bn_trainable: str = "frozen_stats",
-        stage_warmup: bool = False,
+        bn_policy: Annotated[str, choice(BN_POLICIES)] = "frozen",
+        bn_trainable: Annotated[str, choice(BN_TRAINABLE)] = "frozen_stats",
+        stage_warmup: Annotated[bool, BOOLEAN] = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
