@@ -27,9 +27,7 @@ from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
-from tlexp.rules import BOOLEAN, POSITIVE_RATE, Rule, choice, integer, number, plain, rules_of, signature_chain
-from tlexp.strategies.gradual import UNFREEZE_ON
-from tlexp.strategies.lora import TARGET_STAGES, target_stages_form
+from tlexp.rules import BOOLEAN, Rule, choice, integer, number, plain, rules_of, signature_chain
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -49,33 +47,14 @@ RULES: dict[str, Rule] = {
     "data.test_size": CARVE,
     "data.test_limit": _auto_or(integer(1), sizes.TEST_LIMIT_ACCEPTED, allow_null=True),
     "data.on_bad_image": choice(ON_BAD_IMAGE),
-    "strategy.unfreeze_by": Rule("a share of trainer.max_epochs in (0, 1], after which every stage trains",
-                                 lambda v: number(v) and 0 < v <= 1),
-    "strategy.unfreeze_every": Rule("null (strategy.unfreeze_by sets the pace) or an integer >= 1 (epochs per stage)",
-                                    lambda v: v is None or integer(1).test(v)),
-    "strategy.milestones": Rule("an epoch number >= 0", integer(0).test, each=True),
-    "strategy.temperature": Rule("a temperature > 0", lambda v: number(v) and v > 0),
-    "strategy.lambda_old": Rule("a weight >= 0", lambda v: number(v) and v >= 0),
-    "strategy.rank": integer(1),
-    "strategy.lr_lora": POSITIVE_RATE,
-    "strategy.target_stages": Rule(TARGET_STAGES, target_stages_form),
-    "strategy.reinit_stages": integer(1),
     "data.num_workers": Rule("auto or an integer >= 0", lambda v: v == "auto" or integer(0).test(v)),
-    "strategy.rounds": integer(1),
-    "strategy.threshold": Rule("a softmax probability in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
     "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
                            lambda v: v in (None, "none", "rest")),
     "data.unlabeled_limit": _auto_or(integer(1), sizes.UNLABELED_ACCEPTED, allow_null=True),
     "data.target_domain": Rule(f"null or a shift: {', '.join(SHIFTS)}", lambda v: v is None or v in SHIFTS),
-    "strategy.domain_weight": Rule("a weight >= 0", lambda v: number(v) and v >= 0),
-    "strategy.domain_hidden": integer(1),
-    "strategy.unfreeze_on": choice(UNFREEZE_ON),
     "trainer.channels_last": BOOLEAN,
     "trainer.compile": Rule(f"true, false or a torch.compile backend: {', '.join(compile_backends())}",
                             lambda v: isinstance(v, bool) or v in compile_backends()),
-    "strategy.patience": integer(1),
-    "strategy.min_delta": Rule("a number >= 0", lambda v: number(v) and v >= 0),
-    "strategy.stop_at_plateau": BOOLEAN,
     "trainer.max_epochs": integer(1),
 }
 """Config key -> what it accepts. A key absent from the config (a strategy without it) is not checked;

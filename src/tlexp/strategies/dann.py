@@ -11,6 +11,7 @@ training progress ``p``, so the early, noisy domain signal does not disturb the 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from tlexp.backbone import feature_width
 from tlexp.data.domain_shift import SHIFTS
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
+from tlexp.rules import WEIGHT, integer
 
 
 class GradientReversal(torch.autograd.Function):
@@ -71,16 +73,12 @@ class DANN(TransferModule):
     from the first step at ``lr_head``. ``target_domain``: ``data.target_domain`` (the config passes it);
     without one there is nothing to adapt to and the module refuses to be built."""
 
-    def __init__(self, *args, domain_weight: float = 1.0, domain_hidden: int = 256, target_domain: str | None = None,
-                 **kwargs):
+    def __init__(self, *args, domain_weight: Annotated[float, WEIGHT] = 1.0, domain_hidden: Annotated[int, integer(1)] = 256,
+                 target_domain: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if target_domain not in SHIFTS:
             raise InvalidValue("target_domain", target_domain, " | ".join(SHIFTS),
                                "strategy=dann adapts to a shifted copy of the data, which data.target_domain names")
-        if not domain_weight >= 0:
-            raise InvalidValue("domain_weight", domain_weight, "a weight >= 0")
-        if not (isinstance(domain_hidden, int) and domain_hidden >= 1):
-            raise InvalidValue("domain_hidden", domain_hidden, "an integer >= 1")
         width = feature_width(self.backbone)
         hidden = domain_hidden
         self.domain_classifier = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),

@@ -9,6 +9,7 @@ it here first (``python train.py model=timm model.name=<teacher>``) and pass tha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import hydra
 import timm
@@ -18,6 +19,7 @@ from torch import nn
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
 from tlexp.results import read_result
+from tlexp.rules import TEMPERATURE, Rule, number
 from tlexp.strategies.soft_targets import FrozenModel, soft_target_kl
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
@@ -79,14 +81,12 @@ class Distill(TransferModule):
     the teacher's ``data.image_size``). ``alpha``: the soft term's weight (0: plain training, bit for
     bit); ``temperature``: T. The rest as for ``full``."""
 
-    def __init__(self, *args, teacher: str | None = None, alpha: float = 0.9, temperature: float = 4.0, **kwargs):
+    def __init__(self, *args, teacher: str | None = None,
+                 alpha: Annotated[float, Rule("a weight in [0, 1]", lambda v: number(v) and 0 <= v <= 1)] = 0.9,
+                 temperature: Annotated[float, TEMPERATURE] = 4.0, **kwargs):
         super().__init__(*args, **kwargs)
         if not teacher:
             raise InvalidValue("teacher", teacher, TEACHER)
-        if not 0 <= alpha <= 1:
-            raise InvalidValue("alpha", alpha, "a weight in [0, 1]")
-        if not temperature > 0:
-            raise InvalidValue("temperature", temperature, "a temperature > 0")
         model = load_teacher(teacher, self.hparams.num_classes)
         student, own = _preprocessing(self.backbone), _preprocessing(model.backbone)
         same = all(torch.equal(a, b) for a, b in zip(student, own))

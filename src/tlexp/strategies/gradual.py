@@ -1,13 +1,20 @@
 import math
+from typing import Annotated
 
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import InvalidValue
 from tlexp.feature_cache.prefix import CachesPrefix
 from tlexp.module import TransferModule
+from tlexp.rules import BOOLEAN, Rule, choice, integer, is_integer, number
 from tlexp.stages import HEAD
 
 UNFREEZE_ON = ("schedule", "plateau")
+UNFREEZE_BY = Rule("a share of trainer.max_epochs in (0, 1], after which every stage trains", lambda v: number(v) and 0 < v <= 1)
+UNFREEZE_EVERY = Rule("null (strategy.unfreeze_by sets the pace) or an integer >= 1 (epochs per stage)",
+                      lambda v: v is None or is_integer(v, 1))
+MILESTONE = Rule("an epoch number >= 0", lambda v: is_integer(v, 0), each=True)
+"""Each epoch of ``milestones``; its stage names are checked against the model's."""
 
 
 def spread_starts(count: int, unfreeze_by: float, max_epochs: int) -> list[int]:
@@ -46,9 +53,11 @@ class Gradual(CachesPrefix, TransferModule):
     ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
     (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
 
-    def __init__(self, *args, unfreeze_by: float = 0.25, max_epochs: int | None = None, unfreeze_every: int | None = None,
-                 milestones: dict | None = None, unfreeze_on: str = "schedule", patience: int = 1, min_delta: float = 0.0,
-                 stop_at_plateau: bool = True, **kwargs):
+    def __init__(self, *args, unfreeze_by: Annotated[float, UNFREEZE_BY] = 0.25, max_epochs: int | None = None,
+                 unfreeze_every: Annotated[int | None, UNFREEZE_EVERY] = None, milestones: Annotated[dict | None, MILESTONE] = None,
+                 unfreeze_on: Annotated[str, choice(UNFREEZE_ON)] = "schedule", patience: Annotated[int, integer(1)] = 1,
+                 min_delta: Annotated[float, Rule("a number >= 0", lambda v: number(v) and v >= 0)] = 0.0,
+                 stop_at_plateau: Annotated[bool, BOOLEAN] = True, **kwargs):
         super().__init__(*args, **kwargs)
         names = [stage.name for stage in self.backbone_stages]
         milestones = dict(milestones) if milestones else None
@@ -56,7 +65,7 @@ class Gradual(CachesPrefix, TransferModule):
             if name not in names:
                 raise InvalidValue("milestones", name, f"stage names {names}")
         paced_by_run = unfreeze_on == "schedule" and not milestones and unfreeze_every is None
-        if paced_by_run and not (isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1):
+        if paced_by_run and not is_integer(max_epochs, 1):
             raise InvalidValue("max_epochs", max_epochs, "the run's epoch count, an integer >= 1 (the config passes "
                                "trainer.max_epochs)", "unfreeze_by is a share of it")
         self.hparams.update(unfreeze_by=unfreeze_by, max_epochs=max_epochs, unfreeze_every=unfreeze_every,

@@ -4,15 +4,18 @@ instead of towards zero; against catastrophic forgetting when the target data ar
 import inspect
 from collections.abc import Callable
 from functools import partial
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
+from tlexp.rules import Rule, number
 
 ADAMW_WITHOUT_DECAY = partial(torch.optim.AdamW, weight_decay=0.0)
 """The shared default optimizer, with its decay off: the penalty takes its place."""
+STRENGTH = Rule("a penalty strength >= 0", lambda v: number(v) and v >= 0)
 
 
 def weight_decay(optimizer: Callable) -> float:
@@ -32,11 +35,8 @@ class L2SP(TransferModule):
     ``w0`` are buffers of the module (``anchor``): they move with it to the device, never train, and
     travel in checkpoints, so a resumed run penalises the distance to the same weights."""
 
-    def __init__(self, *args, alpha: float = 0.01, beta: float = 0.01,
+    def __init__(self, *args, alpha: Annotated[float, STRENGTH] = 0.01, beta: Annotated[float, STRENGTH] = 0.01,
                  optimizer: Callable = ADAMW_WITHOUT_DECAY, **kwargs):
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-                raise InvalidValue(name, value, "a penalty strength >= 0")
         if weight_decay(optimizer) != 0:
             raise InvalidValue("optimizer.weight_decay", weight_decay(optimizer),
                                "0.0 (L2-SP's penalty replaces the decay towards zero)")

@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import re
 from collections import OrderedDict
+from typing import Annotated
 
 from torch import nn
 
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule, stage_factors
+from tlexp.rules import POSITIVE_RATE, Rule, integer, number
 from tlexp.stages import HEAD, Stage, split_stages
 
 TARGET_STAGES = "all, top:<k> (the k stages nearest the head) or a list of backbone stage names"
@@ -38,6 +40,10 @@ def target_stages_form(value) -> bool:
     if isinstance(value, str):
         return value == "all" or re.fullmatch(r"top:[1-9]\d*", value) is not None
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(name, str) for name in value)
+
+
+TARGET_STAGES_FORM = Rule(TARGET_STAGES, target_stages_form, refined=True)
+"""The form, judged before anything is built; ``select_stages`` checks the names against the model's stages."""
 
 
 def select_stages(names: list[str], target_stages) -> list[str]:
@@ -73,14 +79,11 @@ class Lora(TransferModule):
     ``dropout``) on the stages ``target_stages`` names, at ``lr_lora`` at the top adapted stage down to
     ``lr_lora * lr_ratio`` at the lowest (or ``lr_decay`` per adapted stage); the new head at ``lr_head``."""
 
-    def __init__(self, backbone: nn.Module, *args, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
-                 target_stages="all", lr_lora: float = 1e-3, **kwargs):
-        if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
-            raise InvalidValue("rank", rank, "an integer >= 1")
-        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0):
-            raise InvalidValue("alpha", alpha, "a number > 0 (the adapters' scale is alpha / rank)")
-        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
-            raise InvalidValue("dropout", dropout, "a probability in [0, 1)")
+    def __init__(self, backbone: nn.Module, *args, rank: Annotated[int, integer(1)] = 4,
+                 alpha: Annotated[float, Rule("a number > 0 (the adapters' scale is alpha / rank)", lambda v: number(v) and v > 0)] = 8.0,
+                 dropout: Annotated[float, Rule("a probability in [0, 1)", lambda v: number(v) and 0 <= v < 1)] = 0.0,
+                 target_stages: Annotated[str | list[str], TARGET_STAGES_FORM] = "all", lr_lora: Annotated[float, POSITIVE_RATE] = 1e-3,
+                 **kwargs):
         target_stages = target_stages if isinstance(target_stages, str) else list(target_stages)
         targets = inject(backbone, rank, alpha, dropout, target_stages)
         super().__init__(backbone, *args, **kwargs)

@@ -8,6 +8,7 @@ taken from a second build of the same model and weights with ``pretrained_cfg``'
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from tlexp.backbone import create_backbone, feature_width
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
+from tlexp.rules import TEMPERATURE, WEIGHT
 from tlexp.strategies.soft_targets import FrozenModel, soft_target_kl
 
 
@@ -40,13 +42,9 @@ class LwF(TransferModule):
     from the pretrained weights when the module is built, also on resume). ``model_name``, ``weights``,
     ``pretrained``: where the classifier comes from (the config passes the ``model`` node's values)."""
 
-    def __init__(self, *args, lambda_old: float = 1.0, temperature: float = 2.0, model_name: str | None = None,
-                 weights: str | None = None, pretrained: bool = False, **kwargs):
+    def __init__(self, *args, lambda_old: Annotated[float, WEIGHT] = 1.0, temperature: Annotated[float, TEMPERATURE] = 2.0,
+                 model_name: str | None = None, weights: str | None = None, pretrained: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if not lambda_old >= 0:
-            raise InvalidValue("lambda_old", lambda_old, "a weight >= 0")
-        if not temperature > 0:
-            raise InvalidValue("temperature", temperature, "a temperature > 0")
         self.old_head = original_classifier(self.backbone, model_name, weights, pretrained)
         head = self.stages[-1]
         head.params += list(self.old_head.parameters())

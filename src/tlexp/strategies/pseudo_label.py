@@ -16,6 +16,7 @@ in checkpoints, so a resumed run trains on the same ones.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -24,6 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from tlexp.errors import InvalidValue
 from tlexp.inference import inference_pass
 from tlexp.module import TransferModule
+from tlexp.rules import Rule, integer, number
 
 ROUNDS = "an integer >= 1 (1: no pseudo-labels, plain full), at most trainer.max_epochs"
 CHECKPOINT_KEY = "pseudo_labels"
@@ -44,12 +46,10 @@ class PseudoLabel(TransferModule):
     uses_unlabeled_data = True
     """The entry point builds the data with ``data.unlabeled=rest`` when ``data.unlabeled`` is null."""
 
-    def __init__(self, *args, rounds: int = 2, threshold: float = 0.9, **kwargs):
+    def __init__(self, *args, rounds: Annotated[int, integer(1, ROUNDS)] = 2,
+                 threshold: Annotated[float, Rule("a softmax probability in [0, 1]", lambda v: number(v) and 0 <= v <= 1)] = 0.9,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise InvalidValue("rounds", rounds, ROUNDS)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-            raise InvalidValue("threshold", threshold, "a softmax probability in [0, 1]")
         self.pseudo = no_pseudo_labels()
 
     def configure_callbacks(self):

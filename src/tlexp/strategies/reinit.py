@@ -1,12 +1,15 @@
 """Re-initialise the top backbone stages, keep the early ones: for moderate domain shift or negative
 transfer, where the most task-specific pretrained features hurt more than random ones."""
 
+from typing import Annotated
+
 import timm
 import torch
 from torch import nn
 
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
+from tlexp.rules import integer, is_integer
 from tlexp.stages import Stage
 
 
@@ -49,10 +52,10 @@ class Reinit(TransferModule):
     from the pretrained weights; everything trains from the start at discriminative rates
     (``lr_decay`` per stage downwards)."""
 
-    def __init__(self, *args, reinit_stages: int = 1, **kwargs):
+    def __init__(self, *args, reinit_stages: Annotated[int, integer(1, refined=True)] = 1, **kwargs):
         super().__init__(*args, **kwargs)
         names = [stage.name for stage in self.backbone_stages]
-        if not (isinstance(reinit_stages, int) and not isinstance(reinit_stages, bool) and 1 <= reinit_stages <= len(names)):
+        if not (is_integer(reinit_stages, 1) and reinit_stages <= len(names)):  # the declared rule, bounded by the model
             raise InvalidValue("reinit_stages", reinit_stages, f"an integer in [1, {len(names)}] (backbone stages: {names})")
         self.hparams.reinit_stages = reinit_stages
         reinitialise(self.backbone, self.backbone_stages[-reinit_stages:])
