@@ -24,10 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from tlexp.acceleration import compile_backends
 from tlexp.data import sizes
 from tlexp.data.domain_shift import SHIFTS
-from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache.rules import resolve as resolve_cache
-from tlexp.rules import BOOLEAN, Rule, choice, integer, number, plain, rules_of, signature_chain
+from tlexp.rules import BOOLEAN, Rule, integer, plain, rules_of, signature_chain
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -36,18 +35,7 @@ def _auto_or(rule: Rule, accepted: str, allow_null: bool = False) -> Rule:
     return Rule(accepted, lambda v: v == sizes.AUTO or (allow_null and v is None) or rule.test(v))
 
 
-CARVE = Rule(sizes.CARVE_ACCEPTED, lambda v: v == sizes.AUTO or (number(v) and v > 0))
-
 RULES: dict[str, Rule] = {
-    "data.fraction": Rule("a number in (0, 1]", lambda v: number(v) and 0 < v <= 1),
-    "data.image_size": Rule("an integer >= 8 (pixels)", integer(8).test),
-    "data.batch_size": _auto_or(integer(1), sizes.BATCH_ACCEPTED),
-    "data.val_size": CARVE,
-    "data.val_split": CARVE,
-    "data.test_size": CARVE,
-    "data.test_limit": _auto_or(integer(1), sizes.TEST_LIMIT_ACCEPTED, allow_null=True),
-    "data.on_bad_image": choice(ON_BAD_IMAGE),
-    "data.num_workers": Rule("auto or an integer >= 0", lambda v: v == "auto" or integer(0).test(v)),
     "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
                            lambda v: v in (None, "none", "rest")),
     "data.unlabeled_limit": _auto_or(integer(1), sizes.UNLABELED_ACCEPTED, allow_null=True),

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import lightning as L
 import numpy as np
@@ -33,6 +34,7 @@ from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import InvalidValue
 from tlexp.feature_cache.dataset import CachedFeatures
+from tlexp.rules import Checked, Rule, integer, is_integer, number
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,14 @@ def decodes_files(dataset) -> bool:
     return any(d is not None and decodes_files(d) for d in inner)
 
 
-class TransferDataModule(L.LightningDataModule):
+FRACTION = Rule("a number in (0, 1]", lambda v: number(v) and 0 < v <= 1)
+NUM_WORKERS = Rule("auto or an integer >= 0", lambda v: v == "auto" or is_integer(v, 0))
+
+
+class TransferDataModule(Checked, L.LightningDataModule):
+    """A parameter's annotation declares what it accepts (``tlexp.rules``): checked in the config before anything is
+    built, and here before ``__init__`` runs."""
+
     val_key = "val_size"
     """The parameter (config key) that sizes the validation carve."""
     val_carve, test_carve = sizes.VAL, sizes.TEST
@@ -96,11 +105,15 @@ class TransferDataModule(L.LightningDataModule):
     auto_batch_size = 64
     """What ``batch_size: auto`` gives on a training set of at least ``sizes.MIN_STEPS`` such batches."""
 
-    def __init__(self, fraction: float = 1.0, val_size: float | str = AUTO, image_size: int = 64, augment: bool = False,
-                 batch_size: int | str = AUTO, num_workers: int | str = "auto", seed: int = 42, split_seed: int = 0,
-                 output_dir: str | None = None, test_limit: int | str | None = AUTO, unlabeled: str | None = None,
+    def __init__(self, fraction: Annotated[float, FRACTION] = 1.0, val_size: Annotated[float | str, sizes.CARVE] = AUTO,
+                 image_size: Annotated[int, integer(8, "an integer >= 8 (pixels)")] = 64, augment: bool = False,
+                 batch_size: Annotated[int | str, sizes.BATCH] = AUTO, num_workers: Annotated[int | str, NUM_WORKERS] = "auto",
+                 seed: int = 42, split_seed: int = 0, output_dir: str | None = None,
+                 test_limit: Annotated[int | str | None, sizes.TEST_LIMIT] = AUTO, unlabeled: str | None = None,
                  unlabeled_limit: int | str | None = AUTO, target_domain: str | None = None):
-        super().__init__()  # the values are checked where the config comes in (tlexp.config.RULES)
+        super().__init__()
+        # TEMPORARY (issue 21): unlabeled, unlabeled_limit and target_domain keep their checks here (and in
+        # tlexp.config.PENDING) until the concurrent change to them is merged; then their rules move into the signature
         if unlabeled not in UNLABELED:
             raise InvalidValue("unlabeled", unlabeled, UNLABELED_ACCEPTED)
         if unlabeled_limit not in (None, AUTO) and (isinstance(unlabeled_limit, bool) or not isinstance(unlabeled_limit, int)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from sklearn.datasets import load_digits
 
@@ -15,7 +17,7 @@ class Digits(TransferDataModule):
     test_carve = sizes.Carve(share=0.25, cap=sizes.TEST_CAP, keep=2)
     """auto: the former defaults, 200 validation and a quarter (449) of the 1,797 images as the test split."""
 
-    def __init__(self, test_size: float | str = AUTO, **kwargs):
+    def __init__(self, test_size: Annotated[float | str, sizes.CARVE] = AUTO, **kwargs):
         super().__init__(**kwargs)
         self.test_size = test_size
 

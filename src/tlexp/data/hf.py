@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from tlexp.data import sizes
 from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.images import load_rgb
 from tlexp.data.sizes import AUTO
@@ -41,7 +43,7 @@ def datasets_library():
 class HuggingFace(TransferDataModule):
     def __init__(self, path: str | None = None, name: str | None = None, data_dir: str | None = None,
                  cache_dir: str | None = None, image_column: str = "image", label_column: str = "label",
-                 split_map: dict | None = None, test_size: float | str = AUTO, **kwargs):
+                 split_map: dict | None = None, test_size: Annotated[float | str, sizes.CARVE] = AUTO, **kwargs):
         super().__init__(**kwargs)
         if not path:
             raise InvalidValue("path", path, "a hub dataset id, a folder written by save_to_disk, or a folder of images")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.file_check import decode_failures, not_an_image
 from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue
+from tlexp.rules import choice
 
 log = logging.getLogger("tlexp")
 
@@ -57,7 +59,8 @@ class ImageFolder(TransferDataModule):
     """auto: a fifth of the images (the former default), at most ``TEST_CAP``: without a test/ folder it tests too."""
     auto_batch_size = 32
 
-    def __init__(self, root: str | None = None, val_split: float | str = AUTO, on_bad_image: str = "skip", **kwargs):
+    def __init__(self, root: str | None = None, val_split: Annotated[float | str, sizes.CARVE] = AUTO,
+                 on_bad_image: Annotated[str, choice(ON_BAD_IMAGE)] = "skip", **kwargs):
         super().__init__(val_size=val_split, **kwargs)
         self.root = Path(root).expanduser() if root else None
         self.on_bad_image = on_bad_image

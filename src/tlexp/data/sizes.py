@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlexp.errors import InvalidValue
+from tlexp.rules import Rule, is_integer, number
 
 AUTO = "auto"
 
@@ -33,6 +34,11 @@ BATCH_ACCEPTED = "auto or an integer >= 1"
 TEST_LIMIT_ACCEPTED = f"auto (the whole test split up to {TEST_CAP:,} images), null (all of it) or an integer >= 1"
 UNLABELED_ACCEPTED = (f"auto (at most max({UNLABELED_FLOOR:,}, {UNLABELED_PER_LABEL} x the labeled images)), "
                       "null (all of them) or an integer >= 1")
+
+CARVE = Rule(CARVE_ACCEPTED, lambda v: v == AUTO or (number(v) and v > 0))
+"""What a carved split's size (``val_size``, ``val_split``, ``test_size``) accepts; the data bound it at setup."""
+BATCH = Rule(BATCH_ACCEPTED, lambda v: v == AUTO or is_integer(v, 1))
+TEST_LIMIT = Rule(TEST_LIMIT_ACCEPTED, lambda v: v is None or v == AUTO or is_integer(v, 1))
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,14 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torchvision.datasets
 from PIL import Image, ImageOps
 
+from tlexp.data import sizes
 from tlexp.data.base import Split, TransferDataModule
 from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue
@@ -109,7 +111,7 @@ def arrange(splits: dict[str, Split], carve_test: Callable, indices: dict) -> tu
 
 class Torchvision(TransferDataModule):
     def __init__(self, name: str = "CIFAR10", root: str | None = "data/torchvision", download: bool = True,
-                 options: dict | None = None, test_size: float | str = AUTO, **kwargs):
+                 options: dict | None = None, test_size: Annotated[float | str, sizes.CARVE] = AUTO, **kwargs):
         super().__init__(**kwargs)
         self.name, self.dataset_class = name, dataset_class(name)
         self.root = Path(root).expanduser() if root else None
