@@ -2,17 +2,20 @@
 an optional ``torch.compile`` of the backbone; all of it also runs on a CPU, which is how it is tested here.
 
 ``trainer.channels_last`` and ``trainer.compile`` are settings of tlexp's ``Trainer`` (Lightning's, plus
-these two), so they sit in the ``trainer`` node with precision and devices.
+these two), so they sit in the ``trainer`` node with precision and devices; the ``Trainer`` also declares what
+they and ``trainer.max_epochs`` accept.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from tlexp.errors import InvalidValue
+from tlexp.rules import BOOLEAN, Checked, Rule, integer
 
 
 def mixed_precision() -> str:
@@ -25,14 +28,17 @@ def compile_backends() -> list[str]:
     return torch.compiler.list_backends(exclude_tags=())
 
 
+COMPILE = Rule(lambda: f"true, false or a torch.compile backend: {', '.join(compile_backends())}",
+               lambda v: isinstance(v, bool) or (isinstance(v, str) and v in compile_backends()))
+"""Listing the backends imports torch._dynamo (seconds): only for a backend name, or to say what is accepted."""
+
+
 class Acceleration(Callback):
     """Puts the module in ``channels_last`` memory format (when its backbone has 2-d convolutions) and
     compiles the backbone in place (``nn.Module.compile``: parameter names and checkpoints unchanged),
     once, before the optimizer is built."""
 
     def __init__(self, channels_last: bool = False, compile: bool | str = False):
-        if not (isinstance(compile, bool) or compile in compile_backends()):
-            raise InvalidValue("compile", compile, f"true, false or a torch.compile backend: {', '.join(compile_backends())}")
         self.channels_last, self.compile = channels_last, compile
         self.done = False
 
@@ -46,9 +52,11 @@ class Acceleration(Callback):
         self.done = True
 
 
-class Trainer(L.Trainer):
-    """Lightning's Trainer with ``channels_last`` and ``compile`` (see ``Acceleration``)."""
+class Trainer(Checked, L.Trainer):
+    """Lightning's Trainer with ``channels_last`` and ``compile`` (see ``Acceleration``); ``max_epochs``, Lightning's,
+    declared here for its rule (tlexp needs a finite run: ``gradual``'s ``unfreeze_by`` is a share of it)."""
 
-    def __init__(self, *, channels_last: bool = False, compile: bool | str = False, callbacks=None, **kwargs):
+    def __init__(self, *, channels_last: Annotated[bool, BOOLEAN] = False, compile: Annotated[bool | str, COMPILE] = False,
+                 max_epochs: Annotated[int | None, integer(1)] = None, callbacks=None, **kwargs):
         acceleration = Acceleration(channels_last, compile)
-        super().__init__(callbacks=[*(callbacks or []), acceleration], **kwargs)
+        super().__init__(callbacks=[*(callbacks or []), acceleration], max_epochs=max_epochs, **kwargs)
