@@ -1,5 +1,7 @@
 """What tuning bought: each strategy's race result (its best settings, confirmed on seeds) against the same
 strategy at its defaults on the same seeds, as a paired difference with its 95 % t interval (scipy.stats).
+The candidate can also be a sweep directory or ``jobs.csv`` without ``race.json`` (a candidate default run on
+the same seeds): its jobs are grouped by strategy the same way.
 
 The defaults' jobs come from ``jobs.csv`` files written by ``scripts/study_table.py --csv`` (or sweep
 directories, read the same way); a job counts for a strategy when its setting holds ``strategy=<name>`` and
@@ -8,6 +10,7 @@ chose it or left it at its default). Where several sources hold a strategy, the 
 
     python scripts/race_vs_defaults.py <race dir> --defaults docs/studies/bn_study/confirm/fm01/jobs.csv \
         --where strategy.bn_trainable=frozen_stats --md table.md
+    python scripts/race_vs_defaults.py <sweep of a candidate default> --defaults <jobs.csv of the current one> ...
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def table(race: dict, defaults: dict[str, dict[int, float]]) -> str:
     lines = []
     for cell in race["cells"]:
         lines += [f"**{cell['cell']}** (`{' '.join(cell['overrides'])}`)", "",
-                  "| strategy | defaults: test/acc [95 % CI] | tuned (race) [95 % CI] | tuned - defaults, paired [95 % CI] "
+                  "| strategy | defaults: test/acc [95 % CI] | race or candidate [95 % CI] | that - defaults, paired [95 % CI] "
                   "| seeds | tuned settings |",
                   "|---|---|---|---|---|---|"]
         for e in cell["strategies"]:
@@ -84,6 +87,13 @@ def table(race: dict, defaults: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines)
 
 
+def as_race(candidate: Path) -> dict:
+    """A sweep directory or ``jobs.csv`` shaped as a race of one cell: per strategy its test/acc per seed."""
+    scores = default_scores([candidate], [])
+    return {"cells": [{"cell": candidate.name, "overrides": [],
+                       "strategies": [{"strategy": name, "test_acc": scores[name], "best_params": None} for name in scores]}]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("race_dir", type=Path)
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--where", action="append", default=[], help="a term every default job's setting holds")
     parser.add_argument("--md", type=Path, help="write the table here too")
     args = parser.parse_args(argv)
-    race = json.loads((args.race_dir / "race.json").read_text())
+    race = json.loads((args.race_dir / "race.json").read_text()) if (args.race_dir / "race.json").is_file() else as_race(args.race_dir)
     text = table(race, default_scores(args.defaults, args.where))
     print(text)
     if args.md:
