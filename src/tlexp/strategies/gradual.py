@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 from lightning.pytorch.callbacks import Callback
 
@@ -77,6 +78,10 @@ class Gradual(CachesPrefix, TransferModule):
                       else spread_starts(len(top_down), self.hparams.unfreeze_by, self.hparams.max_epochs))
             epochs = {stage.name: start for stage, start in zip(top_down, starts)}
         return {**{stage.name: epochs.get(stage.name) for stage in self.backbone_stages}, HEAD: 0}
+
+    def freeze_plan(self):
+        """Under ``unfreeze_on=plateau`` training decides the start epochs: the plan is not ``known_ahead``."""
+        return replace(super().freeze_plan(), known_ahead=self.hparams.unfreeze_on != "plateau")
 
     def unfreeze_next(self, epoch: int) -> bool:
         """Unfreeze the top frozen stage from ``epoch`` on; False when every stage already trains."""
