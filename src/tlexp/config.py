@@ -27,7 +27,7 @@ from tlexp.data import sizes
 from tlexp.data.domain_shift import SHIFTS
 from tlexp.data.image_folder import ON_BAD_IMAGE
 from tlexp.errors import ConfigError, InvalidValue
-from tlexp.feature_cache.rules import resolve as resolve_cache
+from tlexp.feature_cache import rules as cache_rules
 from tlexp.freeze_plan import BN_POLICIES, BN_TRAINABLE
 from tlexp.heads import HEADS
 from tlexp.schedules import SCHEDULES
@@ -138,9 +138,11 @@ def check(cfg: DictConfig) -> None:
         for entry_key, entry in entries.items():
             if not rule.test(entry):
                 raise ConfigError(entry_key, entry, rule.accepted)
-    if "cache_features" in cfg.strategy:  # its own rule, with the settings that make caching unequal
+    cache = {key: _plain(cfg.strategy[key]) for key in _attached_keys("strategy", cfg.strategy)}
+    if cache:  # the feature cache's own rules, with the settings that make caching unequal
         try:
-            resolve_cache(cfg.strategy.cache_features, cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment")))
+            cache_rules.check_settings(**cache)
+            cache_rules.resolve(cache.get("cache_features", "auto"), cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment")))
         except InvalidValue as error:
             raise ConfigError.at("strategy", error) from None
 
@@ -162,6 +164,22 @@ def accepted_keys(target: Callable) -> set[str] | None:
     return None
 
 
+def _attached_keys(path: str, node) -> list[str]:
+    """Keys of node ``path`` that configure an object attached beside its target, not the target: the feature cache's
+    settings in the node of a strategy it serves (``tlexp.feature_cache``; ``train`` attaches the cache)."""
+    if path != "strategy" or not isinstance(node, DictConfig) or "_target_" not in node:
+        return []
+    return [key for key in cache_rules.settings_of(hydra.utils.get_object(node._target_)) if key in node]
+
+
+def target_node(path: str, node):
+    """Node ``path`` as its target takes it: without the keys of an object attached beside it (``_attached_keys``)."""
+    attached = _attached_keys(path, node)
+    if not attached:
+        return node
+    return {key: value for key, value in OmegaConf.to_container(node, resolve=True).items() if key not in attached}
+
+
 def check_keys(path: str, node) -> None:
     """A ``_target_`` node's keys against its target's signature."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -173,6 +191,7 @@ def check_keys(path: str, node) -> None:
     accepted = accepted_keys(target)
     if accepted is None:
         return
+    accepted |= set(_attached_keys(path, node))
     for key in node:
         if key not in accepted and key not in HYDRA_KEYS:
             close = difflib.get_close_matches(key, accepted, n=1)
@@ -185,7 +204,7 @@ def instantiate(path: str, node, sources: Mapping[str, str] | None = None, **kwa
     comes out as one ``ConfigError`` naming the key: ``<path>.<parameter>``, or, for a keyword this
     call passes in, the key it came from (``sources``: parameter -> config key)."""
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        return hydra.utils.instantiate(target_node(path, node), **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, InvalidValue):

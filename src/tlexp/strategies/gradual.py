@@ -4,7 +4,6 @@ from dataclasses import replace
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache.prefix import CachesPrefix
 from tlexp.module import TransferModule
 from tlexp.stages import HEAD
 
@@ -31,7 +30,7 @@ def plateaued(history: list[float], patience: int, min_delta: float, since: int 
     return all(value <= best_before + min_delta for value in window[-patience:])
 
 
-class Gradual(CachesPrefix, TransferModule):
+class Gradual(TransferModule):
     """ULMFiT gradual unfreezing: the head first, then the backbone stages from the top down, spread
     evenly so that every stage trains once ``unfreeze_by`` of the run's ``max_epochs`` are over
     (``spread_starts``), whatever the number of stages. The per-stage forms still work and take
@@ -42,10 +41,7 @@ class Gradual(CachesPrefix, TransferModule):
     has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
     unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test
     stops training (``stop_at_plateau``). The epochs chosen are part of the freeze plan, so checkpoints carry
-    them and a resume continues.
-
-    ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
-    (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
+    them and a resume continues."""
 
     def __init__(self, *args, unfreeze_by: float = 0.25, max_epochs: int | None = None, unfreeze_every: int | None = None,
                  milestones: dict | None = None, unfreeze_on: str = "schedule", patience: int = 1, min_delta: float = 0.0,
