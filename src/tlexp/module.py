@@ -119,7 +119,7 @@ class TransferModule(L.LightningModule):
     def skipping(self, modules: Sequence[nn.Module]):
         """Inside the block ``forward`` runs the network from the output of ``modules``, submodules that run first
         (the backbone's first stages, or the whole backbone): each returns its input, so ``self(x)`` takes ``x`` as
-        what they would have computed. For inputs computed ahead of time (``tlexp.feature_cache``); only ``forward``
+        what they would have computed. For inputs computed ahead of time (their outputs, stored); only ``forward``
         is affected: a module called directly (``self.backbone(images)``) runs as usual."""
         previous, self.skipped = self.skipped, tuple(modules)
         try:
