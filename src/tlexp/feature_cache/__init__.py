@@ -20,7 +20,6 @@ from tlexp.feature_cache.dataset import FeatureDataset, compute_features, encode
 from tlexp.feature_cache.key import cache_key, key_fields, modules_hash, weights_hash
 from tlexp.feature_cache.rules import SETTINGS, blockers, check_settings, resolve, settings_of, stochastic_layers
 
-
 __all__ = ["Boundary", "FeatureCache", "FeatureDataset", "compute_features", "encode_in_batches", "split_inputs", "cache_key",
            "key_fields", "modules_hash", "weights_hash", "SETTINGS", "blockers", "check_settings", "resolve", "settings_of",
            "stochastic_layers", "callbacks_for"]
