@@ -20,12 +20,11 @@ from tlexp.backbone import create_backbone
 from tlexp.callbacks import EpochSeeder
 from tlexp.data import Synthetic
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache import (CachedFeatures, FeatureCache, FeatureDataset, cache_datamodule, cache_key, key_fields,
-                                 stochastic_layers, store)
+from tlexp.feature_cache import Boundary, FeatureCache, FeatureDataset, cache_key, key_fields, split_inputs, stochastic_layers, store
 from tlexp.freeze_plan import freeze
 from tlexp.strategies import Frozen, Partial
 
-from conftest import compose_config
+from conftest import compose_config, read_json
 
 SEED = 3
 
@@ -38,18 +37,29 @@ def setup_data(seed=SEED, weights_seed=SEED, image_size=32, fraction=1.0, augmen
 
 
 class InputsProbe(Callback):
-    """Per training batch: (what the module is told about its inputs, whether the batch is ``CachedFeatures``)."""
+    """Per training batch: (whether the module is told to skip the backbone, whether the batch holds features, not
+    uint8 images), and whether the datamodule holds the cached training inputs."""
 
     def __init__(self):
         self.seen = set()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.add((pl_module.on_cached_features, isinstance(batch, CachedFeatures)))
+        self.seen.add((pl_module.skipped == (pl_module.backbone,), batch[0].dtype == torch.float32 and batch[0].ndim == 2,
+                       isinstance(trainer.datamodule.train_set, FeatureDataset)))
 
 
-def fit(module, datamodule, root, epochs=2, checkpoint=False, probe=None):
+def pooled(backbone, datamodule, cache_dir=None, splits=("train", "val", "test")) -> dict:
+    """Each split's pooled features loaded or computed, swapped into the datamodule; the reports."""
+    reports = {}
+    for split in splits:
+        inputs, reports[split] = split_inputs(Boundary.pooled(backbone), datamodule, split, cache_dir)
+        setattr(datamodule, f"{split}_set", inputs)
+    return reports
+
+
+def fit(module, datamodule, root, epochs=2, checkpoint=False, probe=None, cache=None):
     callbacks = [EpochSeeder(SEED)] + ([ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max")] if checkpoint else [])
-    callbacks += [probe] if probe else []
+    callbacks += ([probe] if probe else []) + ([cache] if cache else [])
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
                         default_root_dir=root, enable_checkpointing=checkpoint, callbacks=callbacks)
@@ -65,15 +75,14 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
     heads, tests = [], []
     for cache in (False, True):
         backbone, datamodule = setup_data()
-        module = Frozen(backbone, datamodule.num_classes, cache_features=cache, cache_dir=str(tmp_path / "cache"),
-                        head_dropout=0.1)  # dropout in the head: the RNG stream must match too
+        module = Frozen(backbone, datamodule.num_classes, head_dropout=0.1)  # dropout in the head: the RNG stream must match too
         probe = InputsProbe()
-        trainer = fit(module, datamodule, tmp_path / str(cache), checkpoint=cache, probe=probe)
-        assert isinstance(datamodule.train_set, FeatureDataset) == cache
+        trainer = fit(module, datamodule, tmp_path / str(cache), checkpoint=cache, probe=probe,
+                      cache=FeatureCache(cache, cache_dir=str(tmp_path / "cache")))
         assert cache_callback(trainer).enabled is cache
-        # told explicitly, not by the batch's shape: the module while training, the datamodule by the batch type
-        assert probe.seen == {(cache, cache)}
-        assert module.on_cached_features is False  # after the stage: images again
+        # told explicitly, not by the batch's shape: the module skips the backbone while the datamodule serves features
+        assert probe.seen == {(cache, cache, cache)}
+        assert module.skipped == () and not isinstance(datamodule.train_set, FeatureDataset)  # after the stage: images again
         # the FineTuning callback still reports and keeps the backbone frozen
         head_size = sum(p.numel() for p in module.head.parameters())
         assert trainer.callback_metrics["params/trainable"].item() == head_size
@@ -83,6 +92,7 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
         best = trainer.checkpoint_callback.best_model_path if cache else None
         assert not best or any(k.startswith("backbone.") for k in torch.load(best, weights_only=True)["state_dict"])
         tests.append(trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]["test/acc"])
+        assert set(cache_callback(trainer).report["splits"]) == ({"train", "val", "test"} if cache else set())
     for name in heads[0]:
         torch.testing.assert_close(heads[0][name], heads[1][name], rtol=1e-5, atol=1e-6)
     assert tests[0] == pytest.approx(tests[1])
@@ -90,9 +100,11 @@ def test_cached_and_uncached_runs_train_the_same_head(tmp_path):
 
 def test_cached_batches_are_left_unnormalised():
     backbone, datamodule = setup_data()
-    cache_datamodule(backbone, datamodule, None, splits=("val",))
+    pooled(backbone, datamodule, splits=("val",))
     batch = next(iter(datamodule.val_dataloader()))
-    assert isinstance(batch, CachedFeatures) and datamodule.on_after_batch_transfer(batch, 0) is batch
+    assert batch[0].dtype == torch.float32 and batch[0].ndim == 2 and datamodule.on_after_batch_transfer(batch, 0) is batch
+    half = [batch[0].half(), batch[1]]  # activations stored in float16 reach the model as float32, not normalised
+    torch.testing.assert_close(datamodule.on_after_batch_transfer(half, 0)[0], batch[0].half().float())
     images, labels = next(iter(datamodule.train_dataloader()))  # not cached: normalised images
     assert datamodule.on_after_batch_transfer((images, labels), 0)[0].dtype == torch.float32
 
@@ -120,50 +132,66 @@ def test_cache_key_follows_subset_image_size_and_weights():
     assert len(set(base.values())) == 3  # train, val and test are different inputs
 
 
+class ValBatches(Callback):
+    """The validation batches' inputs, as the module receives them."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.inputs.append(batch[0].clone())
+
+
 def test_second_run_loads_from_disk_and_a_changed_key_recomputes(tmp_path):
     backbone, datamodule = setup_data()
-    first = cache_datamodule(backbone, datamodule, tmp_path)
+    first = pooled(backbone, datamodule, tmp_path)
     assert not any(r["hit"] for r in first.values())
     assert len(list(tmp_path.glob("*.pt"))) == 3
 
     backbone, datamodule = setup_data()  # a new job of the same sweep: same key
-    module = Frozen(backbone, datamodule.num_classes, cache_dir=str(tmp_path))
-    trainer = fit(module, datamodule, tmp_path / "run", epochs=1)
-    report = cache_callback(trainer).report
+    seen = ValBatches()
+    trainer = fit(Frozen(backbone, datamodule.num_classes), datamodule, tmp_path / "run", epochs=1, probe=seen,
+                  cache=FeatureCache(cache_dir=str(tmp_path)))
+    report = cache_callback(trainer).report["splits"]
     assert set(report) == {"train", "val"} and all(r["hit"] for r in report.values())  # test features: at test time
     assert all(report[split]["key"] == first[split]["key"] for split in report)
-    torch.testing.assert_close(datamodule.val_set.features, store.load(tmp_path / f"{first['val']['key']}.pt", first["val"]["key"])[0])
+    torch.testing.assert_close(torch.cat(seen.inputs), store.load(tmp_path / f"{first['val']['key']}.pt", first["val"]["key"])[0])
+
+    other, _ = setup_data(weights_seed=SEED + 1)  # features of one backbone are never served to another
+    trainer = fit(Frozen(other, datamodule.num_classes), datamodule, tmp_path / "other", epochs=1,
+                  cache=FeatureCache(cache_dir=str(tmp_path)))
+    report = cache_callback(trainer).report["splits"]
+    assert not any(r["hit"] for r in report.values()) and all(report[s]["key"] != first[s]["key"] for s in report)
+    assert len(list(tmp_path.glob("*.pt"))) == 5
 
     backbone, datamodule = setup_data(image_size=40)  # changed key: computed again, stored beside
-    again = cache_datamodule(backbone, datamodule, tmp_path)
+    again = pooled(backbone, datamodule, tmp_path)
     assert not any(r["hit"] for r in again.values())
-    assert len(list(tmp_path.glob("*.pt"))) == 6
-    other, _ = setup_data(weights_seed=SEED + 1)  # features of one backbone are never served to another
-    with pytest.raises(RuntimeError, match="fresh datamodule"):
-        cache_datamodule(other, datamodule, tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 8
 
 
 def test_refused_where_not_equivalent(tmp_path, caplog):
     backbone, datamodule = setup_data(augment=True)
-    module = Frozen(backbone, datamodule.num_classes, cache_features=True)
     with pytest.raises(InvalidValue, match="^cache_features=True ") as error:
-        fit(module, datamodule, tmp_path, epochs=1)
+        fit(Frozen(backbone, datamodule.num_classes), datamodule, tmp_path, epochs=1, cache=FeatureCache(True))
     assert error.value.name == "cache_features" and "augment" in str(error.value)
 
+    backbone, datamodule = setup_data()
     with pytest.raises(InvalidValue, match="^cache_features=True .*bn_policy"):
-        Frozen(create_backbone("test_efficientnet"), 4, cache_features=True, bn_policy="adapt")
+        fit(Frozen(backbone, 4, bn_policy="adapt"), datamodule, tmp_path, epochs=1, cache=FeatureCache(True))
+    backbone = create_backbone("test_efficientnet", kwargs={"drop_rate": 0.2})
     with pytest.raises(InvalidValue, match="^cache_features=True .*drop"):
-        Frozen(create_backbone("test_efficientnet", kwargs={"drop_rate": 0.2}), 4, cache_features=True)
+        fit(Frozen(backbone, 4), datamodule, tmp_path, epochs=1, cache=FeatureCache(True))
     with pytest.raises(InvalidValue, match="^cache_features='yes' "):
         FeatureCache("yes")
 
-
     # auto: off with an info log, and the run trains on images
     backbone, datamodule = setup_data(augment=True)
-    module = Frozen(backbone, datamodule.num_classes)
+    probe = InputsProbe()
     with caplog.at_level(logging.INFO, logger="tlexp"):
-        trainer = fit(module, datamodule, tmp_path / "auto", epochs=1)
-    assert cache_callback(trainer).enabled is False and not isinstance(datamodule.train_set, FeatureDataset)
+        trainer = fit(Frozen(backbone, datamodule.num_classes), datamodule, tmp_path / "auto", epochs=1, probe=probe,
+                      cache=FeatureCache())
+    assert cache_callback(trainer).enabled is False and probe.seen == {(False, False, False)}
     assert "feature cache off" in caplog.text and "augment" in caplog.text
 
 
@@ -181,6 +209,52 @@ def test_entry_point_refuses_before_building_anything(tmp_path):
     for overrides in (("data.augment=true",), ("strategy.bn_policy=adapt",)):
         with pytest.raises(InvalidValue, match="^strategy.cache_features=True "):
             config.check(composed("strategy.cache_features=true", *overrides))
+
+
+def test_the_strategy_node_configures_the_cache_not_the_strategy(tmp_path):
+    """``strategy.cache_*`` keys: checked with the config, given to the cache callback ``train`` attaches, never to the
+    strategy, which knows nothing of caching; a strategy the cache does not serve refuses them as unknown keys."""
+    from tlexp import config
+    from tlexp.feature_cache import callbacks_for
+
+    def composed(*overrides):
+        cfg = compose_config(*overrides)
+        cfg.paths.output_dir = str(tmp_path)
+        return cfg
+
+    for strategy in ("frozen", "partial", "gradual"):
+        cfg = composed(f"strategy={strategy}", "strategy.cache_dir=null")
+        config.check(cfg)
+        [cache] = callbacks_for(cfg.strategy)
+        assert cache.setting == "auto" and cache.cache_dir is None
+        module = config.instantiate("strategy", cfg.strategy, backbone=create_backbone("test_efficientnet"), num_classes=4)
+        assert not any(key.startswith("cache") for key in module.hparams)
+    cfg = composed("strategy=partial", "strategy.cache_dtype=float32", "strategy.cache_features=false")
+    assert callbacks_for(cfg.strategy)[0].dtype == torch.float32 and callbacks_for(cfg.strategy)[0].setting is False
+    for override, key in (("strategy.cache_dtype=int8", "cache_dtype"), ("strategy.cache_memory_mb=-1", "cache_memory_mb"),
+                          ("strategy.cache_features=yes", "cache_features")):
+        with pytest.raises(InvalidValue, match=f"^strategy.{key}=") as error:
+            config.check(composed("strategy=partial", override))
+        assert error.value.key == f"strategy.{key}"
+    assert callbacks_for(composed("strategy=full").strategy) == []
+    with pytest.raises(InvalidValue, match="^strategy.cache_features=True .*unknown key"):
+        config.check(composed("strategy=full", "+strategy.cache_features=true"))
+
+
+def test_train_attaches_the_cache_and_a_run_rebuilds_without_it(tmp_path, main_inprocess):
+    """``train.py strategy=frozen``: the pooled features land in ``strategy.cache_dir``; the run's config still holds
+    ``strategy.cache_*``, and ``tlexp-export`` and a distillation teacher rebuild the strategy from it."""
+    from tlexp.export import locate, restore
+    from tlexp.strategies.distill import load_teacher
+
+    code, output = main_inprocess(tmp_path, "strategy=frozen", "trainer.max_epochs=1")
+    assert code == 0, output[-3000:]
+    assert read_json(tmp_path / "result.json")["status"] == "completed"
+    assert len(list((tmp_path / "data" / "feature_cache").glob("*.pt"))) == 3  # train, val, test
+    module, cfg = restore(*locate(tmp_path))
+    assert cfg.strategy.cache_features == "auto" and isinstance(module, Frozen)
+    teacher = load_teacher(str(tmp_path), module.hparams.num_classes)
+    assert type(teacher) is Frozen and not teacher.training
 
 
 def saved_activations(module, images) -> tuple[int, int]:

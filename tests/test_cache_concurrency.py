@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlexp.feature_cache import dataset, store
+from tlexp.feature_cache import Boundary, dataset, store
 
 SEED = 3
 HOLD = 1.0
@@ -44,7 +44,7 @@ class _Collect(logging.Handler):
 
 
 def _job(cache_dir: str) -> dict:
-    """One job: the tiny backbone's val features through ``cache_datamodule``, computing held >= HOLD s."""
+    """One job: the tiny backbone's pooled val features through ``split_inputs``, computing held >= HOLD s."""
     from tlexp.backbone import create_backbone
     from tlexp.data import Synthetic
 
@@ -72,12 +72,12 @@ def _job(cache_dir: str) -> dict:
     dataset.compute_features = compute
     try:
         _sync["barrier"].wait(timeout=60)  # both jobs ask for the key at the same moment
-        report = dataset.cache_datamodule(backbone, datamodule, cache_dir, splits=("val",))
+        inputs, report = dataset.split_inputs(Boundary.pooled(backbone), datamodule, "val", cache_dir)
     finally:
         dataset.compute_features = real
         logger.removeHandler(handler)
-    return {"report": report, "computes": computes, "messages": handler.messages,
-            "features": datamodule.val_set.features, "labels": datamodule.val_set.labels}
+    return {"report": {"val": report}, "computes": computes, "messages": handler.messages,
+            "features": inputs.features, "labels": inputs.labels}
 
 
 def _payload(version: int) -> dict:
@@ -170,6 +170,6 @@ def test_without_fcntl_computes_without_a_lock(tmp_path, monkeypatch, caplog):
     datamodule = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED).prepare_for(backbone)
     monkeypatch.setattr(store, "fcntl", None)
     with caplog.at_level(logging.DEBUG, logger="tlexp"):
-        report = dataset.cache_datamodule(backbone, datamodule, tmp_path, splits=("val",))
-    assert report["val"]["hit"] is False and "without a lock" in caplog.text
-    assert [p.name for p in tmp_path.iterdir()] == [f"{report['val']['key']}.pt"]
+        _, report = dataset.split_inputs(Boundary.pooled(backbone), datamodule, "val", tmp_path)
+    assert report["hit"] is False and "without a lock" in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == [f"{report['key']}.pt"]

@@ -17,6 +17,7 @@ from tlexp.backbone import create_backbone
 from tlexp.data import ImageFolder, Synthetic
 from tlexp.data.domain_shift import SHIFTS, shift_array, shift_images
 from tlexp.errors import InvalidValue
+from tlexp.feature_cache import FeatureCache
 from tlexp.strategies import Frozen
 
 
@@ -115,12 +116,12 @@ def test_frozen_reports_target_accuracy_with_and_without_the_feature_cache(tmp_p
         torch.manual_seed(SEED)
         backbone = create_backbone("test_efficientnet")
         data = Synthetic(image_size=32, val_size=32, batch_size=32, seed=SEED, target_domain="invert").prepare_for(backbone)
-        module = Frozen(backbone, data.num_classes, cache_features=cache_features)
-        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        module = Frozen(backbone, data.num_classes)
+        callback = FeatureCache(cache_features)
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[callback],
                             enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
         results = trainer.test(module, datamodule=data, verbose=False)
-        callback = next(c for c in trainer.callbacks if type(c).__name__ == "FeatureCache")
-        return {k: v for result in results for k, v in result.items()}, callback.report
+        return {k: v for result in results for k, v in result.items()}, callback.report["splits"]
 
     cached, report = test(True)
     plain, _ = test(False)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlexp.data import sizes
 from tlexp.data.domain_shift import SHIFTS
 from tlexp.errors import ConfigError, InvalidValue
-from tlexp.feature_cache.rules import resolve as resolve_cache
+from tlexp.feature_cache import FeatureCache, rules as cache_rules
 from tlexp.rules import Rule, is_integer, plain, rules_of, signature_chain
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -34,7 +34,7 @@ NODES = ("model", "data", "strategy", "trainer")
 
 # TEMPORARY (issue 21, "every config rule has one home"): these parameters of TransferDataModule are being moved
 # by a concurrent change, so their rules stay here (and in its __init__) until it is merged; then they move beside
-# their parameters like every other rule, and this table goes. strategy.cache_features: see check().
+# their parameters like every other rule, and this table goes.
 PENDING: dict[str, Rule] = {
     "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
                            lambda v: v in (None, "none", "rest")),
@@ -68,11 +68,13 @@ def check(cfg: DictConfig) -> None:
                 rule.check(key, value)
             except InvalidValue as error:
                 raise ConfigError.at("", error) from None
-    # TEMPORARY (issue 21): cache_features' rule, with the settings that make caching unequal, moves beside the
-    # cache parameters (strategies/frozen.py, feature_cache/prefix.py) with the concurrent change to them
-    if "cache_features" in cfg.strategy:
+    cache = {key: plain(cfg.strategy[key]) for key in _attached_keys("strategy", cfg.strategy)}
+    if cache:  # the feature cache's settings (FeatureCache declares their rules), with those that make caching unequal
         try:
-            resolve_cache(cfg.strategy.cache_features, cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment")))
+            for name, rule in rules_of(FeatureCache).items():
+                if name in cache:
+                    rule.check(name, cache[name])
+            cache_rules.resolve(cache.get("cache_features", "auto"), cfg.strategy.get("bn_policy", "frozen"), bool(cfg.data.get("augment")))
         except InvalidValue as error:
             raise ConfigError.at("strategy", error) from None
 
@@ -98,6 +100,22 @@ def accepted_keys(target: Callable) -> set[str] | None:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
 
 
+def _attached_keys(path: str, node) -> list[str]:
+    """Keys of node ``path`` that configure an object attached beside its target, not the target: the feature cache's
+    settings in the node of a strategy it serves (``tlexp.feature_cache``; ``train`` attaches the cache)."""
+    if path != "strategy" or not isinstance(node, DictConfig) or "_target_" not in node:
+        return []
+    return [key for key in cache_rules.settings_of(hydra.utils.get_object(node._target_)) if key in node]
+
+
+def target_node(path: str, node):
+    """Node ``path`` as its target takes it: without the keys of an object attached beside it (``_attached_keys``)."""
+    attached = _attached_keys(path, node)
+    if not attached:
+        return node
+    return {key: value for key, value in OmegaConf.to_container(node, resolve=True).items() if key not in attached}
+
+
 def check_keys(path: str, node) -> None:
     """A ``_target_`` node's keys against its target's signature."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -109,6 +127,7 @@ def check_keys(path: str, node) -> None:
     accepted = accepted_keys(target)
     if accepted is None:
         return
+    accepted |= set(_attached_keys(path, node))
     for key in node:
         if key not in accepted and key not in HYDRA_KEYS:
             close = difflib.get_close_matches(key, accepted, n=1)
@@ -121,7 +140,7 @@ def instantiate(path: str, node, sources: Mapping[str, str] | None = None, **kwa
     comes out as one ``ConfigError`` naming the key: ``<path>.<parameter>``, or, for a keyword this
     call passes in, the key it came from (``sources``: parameter -> config key)."""
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        return hydra.utils.instantiate(target_node(path, node), **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
         if isinstance(cause, InvalidValue):

@@ -37,6 +37,9 @@ class FreezePlan:
     sizes: dict[str, int] = field(repr=False)
     bn_policy: str = "frozen"  # one of BN_POLICIES; TransferModule's parameter of that name declares the rule
     bn_trainable: str = "frozen_stats"  # one of BN_TRAINABLE, likewise
+    known_ahead: bool = True
+    """False while training decides ``start`` (gradual's ``unfreeze_on=plateau``): a stage that has not started
+    yet may still start. How the plan is made, not what it is: left out of ``to_dict``."""
 
     def __post_init__(self):
         if not self.stages or self.stages[-1] != HEAD:
@@ -82,15 +85,26 @@ class FreezePlan:
 
     def fixed_depth(self, epoch: int) -> int:
         """How many backbone stages, from the input, are left entirely unchanged in ``epoch`` (their BN
-        affine weights included): the part whose output the prefix cache may compute once."""
+        affine weights included)."""
         return self._leading_untrained(epoch, batchnorm=True)
+
+    def constant_depth(self, epochs: int | None = None) -> int:
+        """How many backbone stages, from the input, stay unchanged through a run of ``epochs`` (None or < 1: however
+        long it runs): their weights (``fixed_depth`` in its last epoch) and their BatchNorm statistics, so their output
+        is a fixed function of the input. 0 when the plan is not ``known_ahead`` or BatchNorm adapts (``bn_policy=adapt``)."""
+        if not self.known_ahead or self.bn_policy == "adapt":
+            return 0
+        starts = [epoch for epoch in self.start.values() if epoch is not None]
+        return self.fixed_depth(epochs - 1 if epochs is not None and epochs > 0 else max(starts, default=0))
 
     def trainable_params(self, epoch: int = 0) -> int:
         return sum(self.sizes[name] for name in self.trainable(epoch))
 
     def to_dict(self) -> dict:
         """Plain values: for checkpoints and ``result.json``."""
-        return {**asdict(self), "stages": list(self.stages)}
+        plain = {**asdict(self), "stages": list(self.stages)}
+        del plain["known_ahead"]
+        return plain
 
 
 def freeze(module, epoch: int) -> list[str]:

@@ -7,7 +7,8 @@ and the ``StageLR`` scheduler apply.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from functools import cached_property, partial
 from typing import Annotated
@@ -20,7 +21,6 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tlexp.backbone import feature_width
 from tlexp.callbacks.finetuning import FineTuning
-from tlexp.feature_cache.prefix import passed_through
 from tlexp.freeze_plan import BN_POLICIES, BN_TRAINABLE, FreezePlan
 from tlexp.heads import HEAD_KIND, build_head
 from tlexp.rules import BOOLEAN, POSITIVE_RATE, Checked, Rule, choice, number
@@ -39,6 +39,10 @@ def stage_factors(count: int, lr_ratio: float = 1.0, lr_decay: float | None = No
     if lr_decay is not None:
         return [lr_decay**depth for depth in range(count)]
     return [lr_ratio ** (depth / (count - 1)) for depth in range(count)] if count > 1 else [1.0] * count
+
+
+def _returns_input(inputs, *args, **kwargs):
+    return inputs
 
 
 def _listed(name: str, entries: set[str]) -> bool:
@@ -117,29 +121,32 @@ class TransferModule(Checked, L.LightningModule):
     def configure_callbacks(self):
         return [FineTuning()]
 
-    cached_depth: int | None = None
-    """Set by the feature caches while the inputs are cached activations: how many frozen backbone stages they
-    have been through (None: images; every backbone stage: pooled features, the head's input)."""
-    skipped_modules: list[nn.Module] = []
-    """The modules those stages run, passed through while the inputs are cached activations."""
+    skipped: tuple[nn.Module, ...] = ()
+    """The submodules ``forward`` passes through, as set by ``skipping`` (empty: the whole network runs)."""
 
-    @property
-    def on_cached_features(self) -> bool:
-        """Whether the inputs are the backbone's pooled features (``frozen``'s feature cache)."""
-        return self.cached_depth == len(self.backbone_stages)
-
-    @on_cached_features.setter
-    def on_cached_features(self, value: bool) -> None:
-        self.cached_depth = len(self.backbone_stages) if value else None
+    @contextmanager
+    def skipping(self, modules: Sequence[nn.Module]):
+        """Inside the block ``forward`` runs the network from the output of ``modules``, submodules that run first
+        (the backbone's first stages, or the whole backbone): each returns its input, so ``self(x)`` takes ``x`` as
+        what they would have computed. For inputs computed ahead of time (their outputs, stored); only ``forward``
+        is affected: a module called directly (``self.backbone(images)``) runs as usual."""
+        previous, self.skipped = self.skipped, tuple(modules)
+        try:
+            yield self
+        finally:
+            self.skipped = previous
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Images through backbone and head; cached activations through the stages after them (``tlexp.feature_cache``)."""
-        if self.cached_depth is None:
+        """Images (or, inside ``skipping``, the skipped modules' output) through backbone and head."""
+        if not self.skipped:
             return self.head(self.backbone(inputs))
-        if self.on_cached_features:
-            return self.head(inputs)
-        with passed_through(self.skipped_modules):
+        for module in self.skipped:
+            module.forward = _returns_input  # an instance attribute shadows the class's forward
+        try:
             return self.head(self.backbone(inputs))
+        finally:
+            for module in self.skipped:
+                del module.forward
 
     def _step(self, batch, accuracy: MulticlassAccuracy, split: str, prefix: str = "") -> torch.Tensor:
         images, labels = batch

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlexp import config, liveness
 from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Heartbeat, Interrupted, Interruption
 from tlexp.errors import ConfigError, InvalidValue
+from tlexp.feature_cache import callbacks_for as cache_callbacks
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
 from tlexp.results import DONE_STATUSES, RunRecord, Status, read_result, write_result
@@ -102,6 +103,7 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbea
         tags.append(f"target_domain={cfg.data.target_domain}")
     loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
     callbacks = [*(hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c), *callbacks]
+    callbacks += cache_callbacks(cfg.strategy)  # frozen, partial, gradual: the feature cache their cache_* keys set
     callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR), heartbeat]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     hparams = {**OmegaConf.to_container(cfg, resolve=True), "derived": derived}

@@ -10,16 +10,18 @@ import torch
 
 from tlexp.benchmarks.common import EpochClock, Settings, make_backbone, make_data, sync, trainer
 from tlexp.callbacks import EpochSeeder
+from tlexp.feature_cache import FeatureCache
 from tlexp.strategies import Frozen
 
 
 def run_frozen(settings: Settings, cache: bool, cache_dir: str | None) -> dict:
     backbone = make_backbone(settings.model)
     datamodule = make_data(settings, backbone, settings.cache_train_size, settings.val_size)
-    module = Frozen(backbone, datamodule.num_classes, cache_features=cache, cache_dir=cache_dir, lr_head=1e-2)
+    module = Frozen(backbone, datamodule.num_classes, lr_head=1e-2)
     clock = EpochClock(settings.device)
     started = time.perf_counter()
-    trainer(settings, epochs=settings.epochs, val_batches=1.0, callbacks=[clock, EpochSeeder(0)]).fit(module, datamodule=datamodule)
+    callbacks = [clock, EpochSeeder(0), FeatureCache(cache, cache_dir)]  # as train.py attaches it from strategy.cache_*
+    trainer(settings, epochs=settings.epochs, val_batches=1.0, callbacks=callbacks).fit(module, datamodule=datamodule)
     sync(settings.device)
     total = time.perf_counter() - started
     return {"total_s": total, "epoch_s": clock.seconds, "later_epoch_s": statistics.median(clock.seconds[1:]),

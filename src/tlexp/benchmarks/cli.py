@@ -42,6 +42,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--gradual-train-size", type=int, default=DEFAULT.gradual_train_size)
     parser.add_argument("--val-size", type=int, default=DEFAULT.val_size)
     parser.add_argument("--prefix-epochs", type=int, default=DEFAULT.prefix_epochs, help="epochs of each prefix-cache run (section 6)")
+    parser.add_argument("--prefix-depths", default=DEFAULT.prefix_depths, help="partial's frozen depths in section 6 (e.g. 5,6; all)")
     parser.add_argument("--probe-steps", type=int, default=DEFAULT.probe_steps)
     parser.add_argument("--sweep-logger", default=DEFAULT.sweep_logger,
                         help="logger group of the sweep jobs (the default config's: wandb, offline)")
@@ -80,8 +81,9 @@ def run(settings: Settings) -> dict:
         print("5. input pipeline: image folder per worker count, in memory", flush=True)
         results["pipeline"] = section_pipeline(settings)
     if "prefix" in sections:
-        print("6. frozen-prefix cache: partial per frozen depth, gradual", flush=True)
-        results["prefix"] = section_prefix(settings)
+        print("6. feature cache below the pooled features: partial per frozen depth, gradual", flush=True)
+        depths = None if settings.prefix_depths == "all" else [int(depth) for depth in settings.prefix_depths.split(",")]
+        results["prefix"] = section_prefix(settings, depths)
     if "memory" in sections:
         print("7. memory of the passes over a whole data set", flush=True)
         results["memory"] = section_memory(settings)

@@ -36,6 +36,8 @@ class Settings:
     gradual_train_size: int = 192
     prefix_epochs: int = 4
     """Epochs of each run of the prefix-cache section (section 6; its data: ``cache_train_size``)."""
+    prefix_depths: str = "all"
+    """Frozen depths of ``partial`` in section 6, comma-separated (``all``: 0 to every backbone stage)."""
     val_size: int = 64
     probe_steps: int = 6
     sweep_logger: str = "wandb"

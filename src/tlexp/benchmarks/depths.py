@@ -48,7 +48,7 @@ def probe_depth(settings: Settings, depth: int) -> dict:
     """Peak memory and step time of ``partial`` at one frozen depth (in this process: run it in a fresh one)."""
     backbone = make_backbone(settings.model)
     datamodule = make_data(settings, backbone, settings.probe_steps * settings.batch_size, 64)
-    module = Partial(backbone, datamodule.num_classes, frozen_depth=depth, cache_features=False)  # the uncached step (cached: section 6)
+    module = Partial(backbone, datamodule.num_classes, frozen_depth=depth)  # the uncached step (no cache callback; cached: section 6)
     before, maxrss_before = rss_mb(), maxrss_mb()
     cuda = settings.device.startswith("cuda")
     if cuda:

@@ -47,8 +47,7 @@ def section_gradual(settings: Settings) -> dict:
         if name == "tlexp_gradual":
             stages = split_stages(backbone, torch.nn.Identity())[:-1]
             module = Gradual(backbone, datamodule.num_classes, milestones={s.name: UNFREEZE_AT for s in stages},
-                             lr_head=1e-3, lr_backbone=1e-4, lr_decay=1.0, schedule="constant",
-                             cache_features=False)  # the same work as BackboneFinetuning (the cache: section 6)
+                             lr_head=1e-3, lr_backbone=1e-4, lr_decay=1.0, schedule="constant")  # no cache: BackboneFinetuning's work
         else:
             module = PlainModule(backbone, datamodule.num_classes, lr=1e-3)
             callbacks.append(BackboneFinetuning(unfreeze_backbone_at_epoch=UNFREEZE_AT, backbone_initial_lr=1e-4,

@@ -1,5 +1,6 @@
-"""Section 6: the frozen-prefix cache of ``partial`` (every frozen depth) and ``gradual``, cached against
-uncached, side by side: epoch time after the cache is built, the whole run, the cache's build time and size.
+"""Section 6: the feature cache below the pooled features, the frozen prefix of ``partial`` (every frozen depth) and
+``gradual`` (the stages its schedule never reaches), cached against uncached, side by side: epoch time after the cache
+is built, the whole run, the cache's build time and size.
 
 Both runs of a pair use the same data, seed and settings, one after the other; the cache lives in memory
 (``cache_dir=None``), so every cached run pays for computing it. ``frozen_depth_sweep`` is the sum of the
@@ -14,21 +15,22 @@ import time
 import torch
 
 from tlexp.benchmarks.common import EpochClock, Settings, make_backbone, make_data, sync, trainer
-from tlexp.feature_cache.prefix import PrefixCache
+from tlexp.feature_cache import FeatureCache
 from tlexp.strategies import Gradual, Partial
 
 def timed_fit(settings: Settings, strategy, cache: bool, **kwargs) -> dict:
     backbone = make_backbone(settings.model)
     datamodule = make_data(settings, backbone, settings.cache_train_size, settings.val_size)
-    module = strategy(backbone, datamodule.num_classes, cache_features=cache, cache_dir=None, **kwargs)
+    module = strategy(backbone, datamodule.num_classes, **kwargs)
     clock = EpochClock(settings.device)
-    fit = trainer(settings, epochs=settings.prefix_epochs, val_batches=1.0, callbacks=[clock])
+    cached = FeatureCache(cache, cache_dir=None)  # as train.py attaches it from strategy.cache_*
+    fit = trainer(settings, epochs=settings.prefix_epochs, val_batches=1.0, callbacks=[clock, cached])
     torch.manual_seed(0)
     sync(settings.device)
     started = time.perf_counter()
     fit.fit(module, datamodule=datamodule)
     sync(settings.device)
-    cache_report = next(c for c in fit.callbacks if isinstance(c, PrefixCache)).report if cache else {}
+    cache_report = cached.report if cached.enabled else {}
     return {"total_s": time.perf_counter() - started, "epoch_s": clock.seconds, "epoch_cpu_s": clock.cpu_seconds,
             "val_acc": clock.acc[-1], "build_s": cache_report.get("seconds", 0.0),
             "cache_mb": cache_report.get("bytes", 0) / 2**20, "enabled": bool(cache_report)}

@@ -33,7 +33,6 @@ from tlexp.data.images import FileImages, TensorImages, resized
 from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache.dataset import CachedFeatures
 from tlexp.rules import Checked, Rule, integer, is_integer, number
 
 log = logging.getLogger(__name__)
@@ -165,10 +164,12 @@ class TransferDataModule(Checked, L.LightningDataModule):
         return (images - self.mean.to(images.device)) / self.std.to(images.device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        if isinstance(batch, CachedFeatures):  # backbone outputs (tlexp.feature_cache), not images
-            return batch if batch.features.dtype == torch.float32 else CachedFeatures(batch.features.float(), batch.labels)
-        images, labels = batch
-        return self.normalize(images), labels
+        """uint8 images (what every split holds) normalised; other inputs, computed for the model by something that
+        replaced a split, as they are (as float32)."""
+        inputs, labels = batch
+        if inputs.dtype != torch.uint8:
+            return batch if inputs.dtype == torch.float32 else (inputs.float(), labels)
+        return self.normalize(inputs), labels
 
     # --- splits ---------------------------------------------------------------------------------
     @property
@@ -290,8 +291,7 @@ class TransferDataModule(Checked, L.LightningDataModule):
         return min(8, max(1, (os.cpu_count() or 2) - 1)) if decodes_files(dataset) else 0
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
-        # inputs that switch with the epoch (tlexp.feature_cache.prefix): workers would keep a stale copy
-        workers = 0 if getattr(dataset, "switches_inputs", False) else self.workers(dataset)
+        workers = self.workers(dataset)
         # its own generator: starting an iterator draws a seed, and a draw from the global RNG would make the
         # epoch's dropout and augmentation depend on when Lightning starts it (earlier after a resume)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,

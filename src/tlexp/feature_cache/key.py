@@ -1,10 +1,11 @@
-"""The cache key: a hash of everything that determines a split's features.
+"""The cache key: a hash of everything that determines a split's cached inputs.
 
-The model's architecture name and a hash of all its weights and buffers, the data config (mean,
-std, interpolation) and image size, the dataset (datamodule class and a hash of the split's
-resized images, or of its files, and labels), the split and its subset indices. Settings that
-only pick the subset (fraction, seed) reach the key through the indices, so a sweep over
-fractions reuses the validation and test features.
+The model's architecture name and a hash of the weights and buffers that compute them (all of the backbone's for
+the pooled features, ``weights_hash``; the skipped modules' for a boundary below, ``modules_hash``), the data config
+(mean, std, interpolation) and image size, the dataset (datamodule class and a hash of the split's resized images,
+or of its files, and labels), the split and its subset indices; a boundary below the pooled features adds its stage
+and storage dtype (``boundary``). Settings that only pick the subset (fraction, seed) reach the key through the
+indices, so a sweep over fractions reuses the validation and test inputs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def weights_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         hasher.update(name.encode())
         _digest(hasher, tensor)
+    return hasher.hexdigest()
+
+
+def modules_hash(modules: list[nn.Module]) -> str:
+    """Hash of every parameter and buffer of ``modules``, by position and name (a frozen prefix's weights)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for index, module in enumerate(modules):
+        for name, tensor in sorted(module.state_dict().items()):
+            hasher.update(f"{index}.{name}".encode())
+            _digest(hasher, tensor)
     return hasher.hexdigest()
 
 

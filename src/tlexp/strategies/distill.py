@@ -57,7 +57,9 @@ def load_teacher(source: str, num_classes: int) -> nn.Module:
     except UntrustedFile as error:
         raise InvalidValue("teacher", source, TEACHER, str(error)) from None
     backbone = hydra.utils.instantiate(cfg.model, pretrained=False, weights=None, img_size=cfg.data.image_size)
-    teacher = hydra.utils.instantiate(cfg.strategy, backbone=backbone, num_classes=num_classes)
+    from tlexp import config  # which imports the strategies
+
+    teacher = hydra.utils.instantiate(config.target_node("strategy", cfg.strategy), backbone=backbone, num_classes=num_classes)
     try:
         teacher.load_state_dict(state)
     except RuntimeError as error:

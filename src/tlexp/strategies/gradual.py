@@ -1,10 +1,10 @@
 import math
+from dataclasses import replace
 from typing import Annotated
 
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache.prefix import CachesPrefix
 from tlexp.module import TransferModule
 from tlexp.rules import BOOLEAN, Rule, choice, integer, is_integer, number
 from tlexp.stages import HEAD
@@ -37,7 +37,7 @@ def plateaued(history: list[float], patience: int, min_delta: float, since: int 
     return all(value <= best_before + min_delta for value in window[-patience:])
 
 
-class Gradual(CachesPrefix, TransferModule):
+class Gradual(TransferModule):
     """ULMFiT gradual unfreezing: the head first, then the backbone stages from the top down, spread
     evenly so that every stage trains once ``unfreeze_by`` of the run's ``max_epochs`` are over
     (``spread_starts``), whatever the number of stages. The per-stage forms still work and take
@@ -48,10 +48,7 @@ class Gradual(CachesPrefix, TransferModule):
     has not improved (by more than ``min_delta``) for ``patience`` epochs over the best since the last
     unfreezing (so each stage trains at least ``patience + 1`` epochs); once every stage trains, the same test
     stops training (``stop_at_plateau``). The epochs chosen are part of the freeze plan, so checkpoints carry
-    them and a resume continues.
-
-    ``cache_features``: the stages still frozen in an epoch run once per image, not once per epoch
-    (``tlexp.feature_cache.prefix``; not with ``unfreeze_on=plateau``, whose boundaries are not known ahead)."""
+    them and a resume continues."""
 
     def __init__(self, *args, unfreeze_by: Annotated[float, UNFREEZE_BY] = 0.25, max_epochs: int | None = None,
                  unfreeze_every: Annotated[int | None, UNFREEZE_EVERY] = None, milestones: Annotated[dict | None, MILESTONE] = None,
@@ -86,6 +83,10 @@ class Gradual(CachesPrefix, TransferModule):
                       else spread_starts(len(top_down), self.hparams.unfreeze_by, self.hparams.max_epochs))
             epochs = {stage.name: start for stage, start in zip(top_down, starts)}
         return {**{stage.name: epochs.get(stage.name) for stage in self.backbone_stages}, HEAD: 0}
+
+    def freeze_plan(self):
+        """Under ``unfreeze_on=plateau`` training decides the start epochs: the plan is not ``known_ahead``."""
+        return replace(super().freeze_plan(), known_ahead=self.hparams.unfreeze_on != "plateau")
 
     def unfreeze_next(self, epoch: int) -> bool:
         """Unfreeze the top frozen stage from ``epoch`` on; False when every stage already trains."""

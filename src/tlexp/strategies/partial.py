@@ -1,11 +1,9 @@
 from tlexp.errors import InvalidValue
-from tlexp.feature_cache.prefix import CachesPrefix
 from tlexp.module import TransferModule
 
 
-class Partial(CachesPrefix, TransferModule):
-    """The first ``frozen_depth`` backbone stages stay frozen, the rest train from the start; their output is
-    computed once per image (``cache_features``, see ``tlexp.feature_cache.prefix``)."""
+class Partial(TransferModule):
+    """The first ``frozen_depth`` backbone stages stay frozen, the rest train from the start."""
 
     def __init__(self, *args, frozen_depth: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
