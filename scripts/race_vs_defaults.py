@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from tlexp.race import interval
+from tlexp.verdict import interval
 from tlexp.results import settings_text
 
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from conftest import PYTHON, REPO, TINY, merge_overrides, read_json, subprocess_env
-from tlexp import race, study as studies
+from tlexp import race, study as studies, verdict
 
 
 def make_study(url=None, seed=7):
@@ -28,7 +28,7 @@ def test_the_verdict_intervals_come_from_the_t_distribution():
                {"strategy": "b", "test_acc": {0: 0.79, 1: 0.83, 2: 0.83}},  # diff -0.01, +0.01, -0.01
                {"strategy": "c", "test_acc": {0: 0.70, 1: 0.71, 2: 0.73}},
                {"strategy": "d", "test_acc": {}}]  # nothing confirmed: listed last, no verdict
-    a, b, c, d = race.verdict(entries)
+    a, b, c, d = verdict.verdict(entries)
     t = stats.t.ppf(0.975, 2)
     assert (a["winner"] and a["mean"] == pytest.approx(0.82)
             and a["ci"] == pytest.approx((0.82 - t * 0.02 / 3 ** 0.5, 0.82 + t * 0.02 / 3 ** 0.5)))
@@ -176,7 +176,7 @@ def test_the_verdict_in_the_report(tmp_path):
     from tlexp.report import generate
     from tlexp.results import RunRecord, Status, write_result
 
-    entries = race.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
+    entries = verdict.verdict([{"strategy": "full", "test_acc": {"0": 0.81, "1": 0.83}, "best_params": {"strategy.lr_backbone": 1e-3},
                              "val_acc_best": 0.8,
                              "search": {"trials": 4, "pruned": 2, "failed": 0, "epochs": 10, "image_epochs": 6000, "seconds": 12.5}},
                             {"strategy": "frozen", "test_acc": {"0": 0.70, "1": 0.75}, "best_params": {}, "val_acc_best": 0.7,

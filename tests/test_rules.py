@@ -73,8 +73,8 @@ def test_arguments_go_to_the_init_that_names_them():
     """Positional arguments pass through ``*args`` to the parameters not yet given (``Lora`` passes ``backbone`` on)."""
     assert arguments(Lora, ("b", 4, "optimizer"), {"rank": 2}) == {"backbone": "b", "num_classes": 4, "optimizer": "optimizer",
                                                                   "rank": 2}
-    assert arguments(Gradual, ("b", 4), {"cache_dtype": "float16", "lr_head": 1.0}) == {
-        "backbone": "b", "num_classes": 4, "cache_dtype": "float16", "lr_head": 1.0}
+    assert arguments(Gradual, ("b", 4), {"unfreeze_by": 0.5, "lr_head": 1.0}) == {
+        "backbone": "b", "num_classes": 4, "unfreeze_by": 0.5, "lr_head": 1.0}
 
 
 def test_a_rule_on_each_value_of_a_mapping_names_the_entry():
