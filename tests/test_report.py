@@ -177,7 +177,8 @@ def test_out_dir_and_requested_fraction(sweep, tmp_path):
 def test_only_seeds_are_averaged(tmp_path):
     """A sweep over frozen depth and BN policy: one series per setting, each averaged over its 2 seeds only;
     where and how a job was logged is no setting."""
-    from tlexp.report.tables import depth_table, few_shot_table, race_curves, series_names
+    from tlexp.report.series import series_names
+    from tlexp.report.tables import depth_table, few_shot_table, race_curves
 
     root = tmp_path / "depths"
     for depth in (2, 5):

@@ -24,6 +24,6 @@ The jobs are read by ``tlexp.results.load_jobs``.
 
 from tlexp.report.cli import main
 from tlexp.report.html import generate, report_figures
-from tlexp.report.tables import describe
+from tlexp.report.series import describe
 
 __all__ = ["describe", "generate", "main", "report_figures"]

@@ -15,8 +15,8 @@ import json
 from collections import defaultdict
 
 from tlexp.report.figures import _colors
-from tlexp.report.tables import (choose_fraction, cost_table, describe, few_shot_table, fraction_of, gain_table,
-                                 race_curves, series_names, strategy_order)
+from tlexp.report.series import choose_fraction, describe, fraction_of, series_names, strategy_order
+from tlexp.report.tables import cost_table, few_shot_table, gain_table, race_curves
 from tlexp.results import Job
 
 DEPTH_STRATEGY = "partial"

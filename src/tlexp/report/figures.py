@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlexp.report.tables import Table, compares_depths, known_strategies, series_names, strategy_order
+from tlexp.report.series import known_strategies, series_names, strategy_order
+from tlexp.report.tables import Table, compares_depths
 from tlexp.results import Job
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tlexp.report.dashboard import dashboard_html
 from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race, plot_search
-from tlexp.report.tables import (Table, verdict_table, choose_fraction, compares_depths, cost_table, dataset_table, depth_table,
-                                 few_shot_table, gain_table, jobs_table, movement_table, race_curves, race_table,
-                                 unfinished_table, verdict_display)
+from tlexp.report.series import choose_fraction
+from tlexp.report.tables import (Table, verdict_table, compares_depths, cost_table, dataset_table, depth_table, few_shot_table, gain_table,
+                                 jobs_table, movement_table, race_curves, race_table, unfinished_table, verdict_display)
 from tlexp.results import RACE_FILE, SUMMARY_FILE, Job, load_jobs
 
 REPORT_JSON = "report.json"

@@ -8,8 +8,8 @@ against training images), ``charts/transfer_gain`` (bars: series @ fraction), ``
 
 from __future__ import annotations
 
-from tlexp.report.tables import (Table, choose_fraction, few_shot_table, gain_table, movement_table, race_curves,
-                                 race_table)
+from tlexp.report.series import choose_fraction
+from tlexp.report.tables import Table, few_shot_table, gain_table, movement_table, race_curves, race_table
 from tlexp.results import Job
 
 
