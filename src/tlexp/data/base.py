@@ -162,6 +162,11 @@ class TransferDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def dataset_name(self) -> str:
+        """Which dataset (``result.json``'s ``dataset``): a source that loads one of many says which; else its own name."""
+        return type(self).__name__.lower()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
