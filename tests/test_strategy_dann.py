@@ -121,11 +121,11 @@ def test_target_labels_never_reach_the_loss(tmp_path):
     assert torch.equal(before, after)
 
 
-def test_dann_without_a_target_domain_is_refused_naming_the_key(tmp_path, main_inprocess):
+def test_dann_without_a_target_domain_is_refused_naming_the_key(tmp_path, main_direct):
     with pytest.raises(InvalidValue) as error:
         build(target_domain=None)
     assert error.value.name == "target_domain" and "rotate" in error.value.accepted
-    code, output = main_inprocess(tmp_path, "strategy=dann")
+    code, output = main_direct(tmp_path, "strategy=dann")
     assert code == 1
     assert "data.target_domain=None is not accepted" in output and "invert | rotate | blur | noise | contrast" in output
     assert read_json(tmp_path / "result.json")["status"] == "failed"
