@@ -18,6 +18,8 @@ from tlexp.data import ImageFolder, Synthetic
 from tlexp.data.domain_shift import SHIFTS, shift_array, shift_images
 from tlexp.errors import InvalidValue
 from tlexp.strategies import Frozen
+from tlexp.strategies.dann import target_training_set
+from tlexp.strategies.pseudo_label import UnlabeledImages
 
 
 def batch(channels: int, size: int) -> torch.Tensor:
@@ -75,7 +77,7 @@ def test_target_sets_are_the_shifted_pool_and_test_split_never_validation():
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
     val = np.asarray(data.indices["val"])
     pool = np.setdiff1d(np.arange(len(train.labels)), val)
-    target = data.target_train_dataset()
+    target = target_training_set(data, "invert")  # dann's, from the data's pool
     assert len(target) == len(pool) > len(data.train_set)  # the whole pool, not only the labeled fraction
     assert torch.equal(target.images, 255 - images[pool])
     assert (target.labels == -1).all()  # no labels kept: nothing can train on them
@@ -85,7 +87,7 @@ def test_target_sets_are_the_shifted_pool_and_test_split_never_validation():
     assert torch.equal(data.target_test_set.images, 255 - data.test_set.images)
     assert torch.equal(data.target_test_set.labels, data.test_set.labels)
     assert data.indices["target_domain"] == "invert"
-    assert datamodule().target_train_dataset() is None and datamodule().target_test_set is None
+    assert datamodule().extra_split("pool") is None and datamodule().target_test_set is None
 
 
 def test_with_a_target_domain_the_unlabeled_set_is_the_shifted_rest():
@@ -94,8 +96,9 @@ def test_with_a_target_domain_the_unlabeled_set_is_the_shifted_rest():
     train, _, _, _ = data.load()
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
     rest = np.asarray(data.indices["unlabeled"])
-    assert len(rest) and torch.equal(data.unlabeled_set.images, 255 - images[rest])
-    assert torch.equal(data.unlabeled_labels(), torch.as_tensor(train.labels[rest]))  # only to measure pseudo-labels
+    unlabeled = UnlabeledImages(data)  # what pseudo_label predicts
+    assert len(rest) and torch.equal(unlabeled.dataset.images, 255 - images[rest])
+    assert torch.equal(unlabeled.labels(), torch.as_tensor(train.labels[rest]))  # only to measure pseudo-labels
 
 
 def test_an_image_folder_refuses_a_target_domain(tmp_path):

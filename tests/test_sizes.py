@@ -16,6 +16,7 @@ from test_data_sources import PLAIN, datasets, hf_split, needs_datasets, write_e
 from tlexp.data import Synthetic, sizes
 from tlexp.data.subset import stratified_split
 from tlexp.errors import InvalidValue
+from tlexp.strategies.pseudo_label import UnlabeledImages
 
 QUICK = ("strategy=full", "trainer.max_epochs=1", "data.image_size=32")
 
@@ -122,8 +123,9 @@ def test_auto_values_reach_the_loaders_the_log_and_the_indices(tmp_path, caplog)
         data = Synthetic(num_classes=2, train_per_class=20, unlabeled="rest", fraction=0.5,
                          output_dir=str(tmp_path)).prepare_for(PLAIN)
     assert data.auto_sizes == {"val_size": 8, "test_limit": 10_000, "unlabeled_limit": 2_000, "batch_size": 8}
-    assert (len(data.train_set), len(data.val_set), len(data.unlabeled_set)) == (16, 8, 16)
-    assert all(loader.batch_size == 8 for loader in (data.train_dataloader(), data.val_dataloader(), data.unlabeled_dataloader()))
+    unlabeled = UnlabeledImages(data)  # pseudo_label's view of the data's unlabeled images
+    assert (len(data.train_set), len(data.val_set), len(unlabeled)) == (16, 8, 16)
+    assert all(loader.batch_size == 8 for loader in (data.train_dataloader(), data.val_dataloader(), unlabeled.loader()))
     assert read_json(tmp_path / "subset_indices.json")["auto"] == data.auto_sizes
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
     assert lines == ["data: val_size auto -> 8 (20% of 40), test_limit auto -> 10000 (all of 64), unlabeled_limit auto "

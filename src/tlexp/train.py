@@ -68,9 +68,8 @@ def build(cfg: DictConfig):
     strategy = hydra.utils.get_class(cfg.strategy._target_)
     backbone = config.instantiate("model", cfg.model, sources={"img_size": "data.image_size"}, img_size=cfg.data.image_size,
                                   **({} if strategy.uses_pretrained_weights else {"pretrained": False, "weights": None}))
-    # a strategy that trains on unlabeled images gets the training pool's rest when data.unlabeled is null
-    unlabeled = getattr(strategy, "uses_unlabeled_data", False) and "unlabeled" in cfg.data and cfg.data.unlabeled is None
-    datamodule = config.instantiate("data", cfg.data, **({"unlabeled": "rest"} if unlabeled else {}))
+    needs = {key: value for key, value in strategy.data_defaults.items() if key in cfg.data and cfg.data[key] is None}
+    datamodule = config.instantiate("data", cfg.data, **needs)
     try:
         datamodule.prepare_for(backbone)  # preprocessing from the backbone's timm data config, then setup
     except InvalidValue as error:  # a folder or file found wanting while loading
