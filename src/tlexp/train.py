@@ -107,8 +107,8 @@ def derived_values(datamodule, module) -> dict:
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None, *, callbacks: Sequence[Callback] = (),
           ckpt_path: str | None = None, progress: Callable[..., object] | None = None) -> dict:
-    """The task: check ``cfg`` (a composed config), build backbone, data and strategy, fit (from ``ckpt_path``, if
-    given), test the best checkpoint. Returns the run's ``RunRecord`` fields, read off the objects it built and
+    """The task: check ``cfg`` (a composed config), build backbone, data and strategy, fit (from ``ckpt_path``, default
+    the config's), test the best checkpoint. Returns the run's ``RunRecord`` fields, read off the objects it built and
     the fit, with ``metrics`` (every final logged value).
 
     ``output_dir`` (default ``paths.output_dir``) receives the run's own files (checkpoints, ``metrics.csv``,
@@ -117,6 +117,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, *, callbacks: S
     a run stopped later (an exception, a kill) still leaves them to its caller. Whatever stops the run is raised
     (``ConfigError``, ``Diverged``, ``Interrupted``, ``optuna.TrialPruned``, ...). Callable many times in one process."""
     output_dir = str(output_dir or cfg.paths.output_dir)
+    ckpt_path = ckpt_path or cfg.get("ckpt_path")
     progress = progress or (lambda **fields: None)
     exit_code = 1
     try:
