@@ -1,4 +1,5 @@
-"""Shared fixtures: the composed config, train.py as a subprocess, train.py in-process, a teacher run, one strategy sweep.
+"""Shared fixtures: the composed config, train.py as a subprocess, the task and the entry point in-process, a teacher
+run, one strategy sweep.
 
 Everything runs on CPU with ``model=tiny data=synthetic`` (a ~0.1 M parameter timm EfficientNet on
 small generated images), so a train.py subprocess costs ~10-20 s, mostly imports.
@@ -111,10 +112,67 @@ def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = Fa
     return result
 
 
+def run_config(run_dir, *overrides: str, base=TINY):
+    """``compose_config`` for a run in ``run_dir`` (``paths.output_dir``), its data under ``run_dir/data``."""
+    config = compose_config(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
+    config.paths.output_dir = str(run_dir)
+    return config
+
+
+@pytest.fixture
+def restored_environ():
+    """``seed_everything`` sets PL_GLOBAL_SEED and PL_SEED_WORKERS, which later runs in this process would inherit."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def run_task(restored_environ):
+    """The task function, ``tlexp.train.train``, on a composed config: ``call(run_dir, *overrides, base=TINY,
+    **keywords) -> the run's record fields (with ``metrics``)``; whatever stops the run is raised."""
+    from tlexp.train import train
+
+    def call(run_dir, *overrides: str, base=TINY, **keywords) -> dict:
+        return train(run_config(run_dir, *overrides, base=base), **keywords)
+
+    return call
+
+
+@pytest.fixture
+def main_direct(restored_environ):
+    """``tlexp.train.main`` called with a composed config (Hydra's decorator hands it straight to the function: no
+    argv, no Hydra runtime, a single run): the job, ``result.json`` and the exit code, without the global state of
+    ``main_inprocess``. Returns ``call(run_dir, *overrides, base=TINY) -> (exit_code, stdout, stderr and the log)``."""
+    from tlexp.train import main
+
+    def call(run_dir, *overrides: str, base=TINY) -> tuple[int, str]:
+        config = run_config(run_dir, *overrides, base=base)
+        output = io.StringIO()
+        console = logging.StreamHandler(output)  # as Hydra's console logging
+        root = logging.getLogger()
+        saved_level = root.level
+        root.addHandler(console)
+        root.setLevel(logging.INFO)
+        code = 0
+        try:
+            with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
+                main(config)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            root.removeHandler(console)
+            root.setLevel(saved_level)
+        return code, output.getvalue()
+
+    return call
+
+
 def call_main(monkeypatch: pytest.MonkeyPatch, run_dir, *overrides: str, base=TINY) -> tuple[int, str]:
-    """``tlexp.train.main`` (the Hydra entry point of train.py) in this process, with argv set through
-    ``monkeypatch``: ``(exit_code, stdout and stderr)``. Hydra's logging setup and global state and the
-    environment are undone afterwards."""
+    """``tlexp.train.main`` (the Hydra entry point of train.py) in this process with argv set through ``monkeypatch``,
+    for what needs Hydra's runtime (a sweeper, the run's ``.hydra/`` files): ``(exit_code, stdout and stderr)``.
+    Hydra's logging setup and global state and the environment are undone afterwards."""
     from tlexp.train import main
 
     root = logging.getLogger()
@@ -145,12 +203,9 @@ def call_main(monkeypatch: pytest.MonkeyPatch, run_dir, *overrides: str, base=TI
 
 @pytest.fixture
 def main_inprocess(monkeypatch):
-    """Call ``tlexp.train.main`` (the Hydra entry point of train.py) in this process (``call_main``).
-
-    Returns ``call(run_dir, *overrides) -> (exit_code, stdout and stderr)``; much faster than a subprocess
-    for tests that fail before training. Monkeypatches made by the test apply. Hydra's logging
-    setup and global state are undone afterwards.
-    """
+    """Call ``tlexp.train.main`` (the Hydra entry point of train.py) in this process with argv (``call_main``): for
+    the sweepers (``-m``: the race, Optuna). Returns ``call(run_dir, *overrides) -> (exit_code, stdout and stderr)``.
+    A single run needs no Hydra runtime: ``run_task`` (the task) or ``main_direct`` (the job and its exit code)."""
 
     def call(run_dir, *overrides: str, base=TINY):
         return call_main(monkeypatch, run_dir, *overrides, base=base)

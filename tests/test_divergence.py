@@ -9,8 +9,8 @@ from conftest import read_json, run_train
 HUGE = ("strategy.lr_head=1e30", "strategy.lr_backbone=1e30")
 
 
-def test_single_run_stops_at_the_first_non_finite_loss(tmp_path, main_inprocess):
-    code, output = main_inprocess(tmp_path, *HUGE, "trainer.max_epochs=3")
+def test_single_run_stops_at_the_first_non_finite_loss(tmp_path, main_direct):
+    code, output = main_direct(tmp_path, *HUGE, "trainer.max_epochs=3")
     assert code != 0
     errors = [line for line in output.splitlines() if line.startswith("tlexp: error:")]
     assert len(errors) == 1 and "diverged" in errors[0], output[-2000:]

@@ -19,6 +19,8 @@ from tlexp.data.domain_shift import SHIFTS, shift_array, shift_images
 from tlexp.errors import InvalidValue
 from tlexp.feature_cache import FeatureCache
 from tlexp.strategies import Frozen
+from tlexp.strategies.dann import target_training_set
+from tlexp.strategies.pseudo_label import UnlabeledImages
 
 
 def batch(channels: int, size: int) -> torch.Tensor:
@@ -76,7 +78,7 @@ def test_target_sets_are_the_shifted_pool_and_test_split_never_validation():
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
     val = np.asarray(data.indices["val"])
     pool = np.setdiff1d(np.arange(len(train.labels)), val)
-    target = data.target_train_dataset()
+    target = target_training_set(data, "invert")  # dann's, from the data's pool
     assert len(target) == len(pool) > len(data.train_set)  # the whole pool, not only the labeled fraction
     assert torch.equal(target.images, 255 - images[pool])
     assert (target.labels == -1).all()  # no labels kept: nothing can train on them
@@ -86,7 +88,7 @@ def test_target_sets_are_the_shifted_pool_and_test_split_never_validation():
     assert torch.equal(data.target_test_set.images, 255 - data.test_set.images)
     assert torch.equal(data.target_test_set.labels, data.test_set.labels)
     assert data.indices["target_domain"] == "invert"
-    assert datamodule().target_train_dataset() is None and datamodule().target_test_set is None
+    assert datamodule().extra_split("pool") is None and datamodule().target_test_set is None
 
 
 def test_with_a_target_domain_the_unlabeled_set_is_the_shifted_rest():
@@ -95,8 +97,9 @@ def test_with_a_target_domain_the_unlabeled_set_is_the_shifted_rest():
     train, _, _, _ = data.load()
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2)
     rest = np.asarray(data.indices["unlabeled"])
-    assert len(rest) and torch.equal(data.unlabeled_set.images, 255 - images[rest])
-    assert torch.equal(data.unlabeled_labels(), torch.as_tensor(train.labels[rest]))  # only to measure pseudo-labels
+    unlabeled = UnlabeledImages(data)  # what pseudo_label predicts
+    assert len(rest) and torch.equal(unlabeled.dataset.images, 255 - images[rest])
+    assert torch.equal(unlabeled.labels(), torch.as_tensor(train.labels[rest]))  # only to measure pseudo-labels
 
 
 def test_an_image_folder_refuses_a_target_domain(tmp_path):
@@ -131,11 +134,9 @@ def test_frozen_reports_target_accuracy_with_and_without_the_feature_cache(tmp_p
     assert cached["test/acc"] != cached["test/target_acc"] or cached["test/loss"] != cached["test/target_loss"]
 
 
-def test_a_source_only_run_reports_the_target_accuracy(tmp_path, main_inprocess):
-    code, output = main_inprocess(tmp_path, "strategy=frozen", "data.target_domain=invert", "trainer.max_epochs=1")
-    assert code == 0, output[-3000:]
-    record = read_json(tmp_path / "result.json")
-    assert record["status"] == "completed" and 0 <= record["target_test_acc"] <= 1 and "test_acc" in record
+def test_a_source_only_run_reports_the_target_accuracy(tmp_path, run_task):
+    record = run_task(tmp_path, "strategy=frozen", "data.target_domain=invert", "trainer.max_epochs=1")
+    assert 0 <= record["target_test_acc"] <= 1 and record["test_acc"] is not None
     assert record["metrics"]["test/target_acc"] == record["target_test_acc"]
     assert {"test/acc", "test/target_acc", "test/target_loss"} <= set(metric_columns(tmp_path))
     assert read_json(tmp_path / "subset_indices.json")["target_domain"] == "invert"

@@ -1,9 +1,9 @@
 """Bad input: one clear message naming the key and what is accepted, a non-zero exit, and a run
 directory that does not look finished. All of these fail before training starts.
 
-Every case runs through train.py's Hydra entry point in-process (``main_inprocess``: same argv
-parsing, same exit code, monkeypatches apply); a few also run as real ``python train.py``
-subprocesses to prove the process exit status and output.
+Every case runs train.py's entry point in this process on a config composed with its overrides (``main_direct``:
+the same job and exit code, monkeypatches apply); a few also run as real ``python train.py`` subprocesses to prove
+Hydra's parsing of the command line, the process exit status and output.
 """
 
 from __future__ import annotations
@@ -113,20 +113,20 @@ def assert_failed_cleanly(code: int, output: str, run_dir, fragments: list[str])
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_in_process(case, tmp_path, main_inprocess):
+def test_bad_input_in_process(case, tmp_path, main_direct):
     overrides, fragments = CASES[case]
     overrides = overrides(tmp_path) if callable(overrides) else overrides
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, *overrides)
+    code, output = main_direct(run_dir, *overrides)
     assert_failed_cleanly(code, output, run_dir, fragments)
 
 
-def test_fashion_mnist_unreachable(tmp_path, monkeypatch, main_inprocess):
+def test_fashion_mnist_unreachable(tmp_path, monkeypatch, main_direct):
     """No files under data.root, no Debian package, download=false: a config error naming data.root."""
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no_debian_dir")
     (tmp_path / "empty").mkdir()
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=fashion_mnist", f"data.root={tmp_path / 'empty'}", "data.download=false")
+    code, output = main_direct(run_dir, "data=fashion_mnist", f"data.root={tmp_path / 'empty'}", "data.download=false")
     assert_failed_cleanly(code, output, run_dir, ["data.root=", "Fashion-MNIST IDX files", "no_debian_dir",
                                                   "dataset-fashion-mnist"])
 

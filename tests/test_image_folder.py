@@ -293,15 +293,16 @@ def test_unusable_cache_file_is_ignored(tmp_path, decodes):
     assert len(json.loads((root / CACHE_NAME).read_text())["files"]) == len(MODES) + 6
 
 
-# --- train.py ----------------------------------------------------------------------------------------------
+# --- the training task --------------------------------------------------------------------------------------
 
-def test_train_py_finishes_despite_broken_files(tmp_path, main_inprocess):
+def test_training_finishes_despite_broken_files(tmp_path, run_task, caplog):
     root = make_folder(tmp_path / "images")
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=image_folder", f"data.root={root}", "model=tiny", "logger=csv",
-                                  "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path / 'logs'}")
-    assert code == 0, output[-6000:]
-    assert read_json(run_dir / "result.json")["status"] == "completed"
+    with caplog.at_level(logging.INFO):
+        record = run_task(run_dir, "data=image_folder", f"data.root={root}", "model=tiny", "logger=csv",
+                          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path / 'logs'}")
+    output = caplog.text
+    assert record["skipped_files"] == 6 and 0 <= record["test_acc"] <= 1
     skipped = (run_dir / "skipped_files.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in skipped] == expected_skipped(root)
     assert output.count("skipped 6 of") == 1

@@ -55,7 +55,7 @@ def test_pseudo_label_prediction_keeps_two_plain_numbers_per_image(mode):
     modes = mixed_modes(module)
     with MODES[mode]():
         confidence, predicted = module.predict_unlabeled(datamodule)
-    assert confidence.shape == predicted.shape == (len(datamodule.unlabeled_set),)
+    assert confidence.shape == predicted.shape == (len(module.unlabeled(datamodule)),)
     assert plain(confidence) and plain(predicted) and predicted.dtype == torch.long
     assert {name: layer.training for name, layer in module.named_modules()} == modes
     module.relabel(datamodule, 1)  # the labels join the training set: a training step may use them as targets

@@ -122,9 +122,9 @@ def test_heartbeat_thread_beats_and_stops(tmp_path):
     assert written["heartbeat"] != "before" and written["peak_rss_mb"] > 0
 
 
-def test_a_run_directory_in_use_is_not_started_twice(tmp_path, main_inprocess):
+def test_a_run_directory_in_use_is_not_started_twice(tmp_path, main_direct):
     _running(tmp_path, pid=os.getpid(), started=_iso())
-    code, output = main_inprocess(tmp_path)
+    code, output = main_direct(tmp_path)
     assert code == 1 and f"is in use by process {os.getpid()} on {HOST}" in output
     assert read_json(tmp_path / "result.json")["status"] == "running"  # untouched
 

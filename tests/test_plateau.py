@@ -81,14 +81,9 @@ def test_resume_continues_the_decisions(tmp_path):
     assert [k for k in final if not torch.equal(final[k], uninterrupted[k])] == []
 
 
-def test_train_py_records_the_epochs_as_trained(tmp_path, main_inprocess):
-    from conftest import read_json
-
-    code, output = main_inprocess(tmp_path, "strategy=gradual", "strategy.unfreeze_on=plateau", "strategy.min_delta=1.0",
-                                  "trainer.max_epochs=4")
-    assert code == 0, output[-6000:]
-    record = read_json(tmp_path / "result.json")
-    assert record["status"] == "completed"
+def test_the_run_records_the_epochs_as_trained(tmp_path, run_task):
+    record = run_task(tmp_path, "strategy=gradual", "strategy.unfreeze_on=plateau", "strategy.min_delta=1.0",
+                      "trainer.max_epochs=4")
     # every epoch stalls: blocks.4 from epoch 2; blocks.3 would start at 4, after the last epoch (3): not recorded
     assert record["unfreeze_epochs"] == {"stem": None, "blocks.0": None, "blocks.1": None, "blocks.2": None, "blocks.3": None,
                                          "blocks.4": 2, "head": 0}

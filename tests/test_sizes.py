@@ -5,6 +5,7 @@ trained end to end at its defaults on a dataset near its lower limit."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from test_data_sources import PLAIN, datasets, hf_split, needs_datasets, write_e
 from tlexp.data import Synthetic, sizes
 from tlexp.data.subset import stratified_split
 from tlexp.errors import InvalidValue
+from tlexp.strategies.pseudo_label import UnlabeledImages
 
 QUICK = ("strategy=full", "trainer.max_epochs=1", "data.image_size=32")
 
@@ -121,8 +123,9 @@ def test_auto_values_reach_the_loaders_the_log_and_the_indices(tmp_path, caplog)
         data = Synthetic(num_classes=2, train_per_class=20, unlabeled="rest", fraction=0.5,
                          output_dir=str(tmp_path)).prepare_for(PLAIN)
     assert data.auto_sizes == {"val_size": 8, "test_limit": 10_000, "unlabeled_limit": 2_000, "batch_size": 8}
-    assert (len(data.train_set), len(data.val_set), len(data.unlabeled_set)) == (16, 8, 16)
-    assert all(loader.batch_size == 8 for loader in (data.train_dataloader(), data.val_dataloader(), data.unlabeled_dataloader()))
+    unlabeled = UnlabeledImages(data)  # pseudo_label's view of the data's unlabeled images
+    assert (len(data.train_set), len(data.val_set), len(unlabeled)) == (16, 8, 16)
+    assert all(loader.batch_size == 8 for loader in (data.train_dataloader(), data.val_dataloader(), unlabeled.loader()))
     assert read_json(tmp_path / "subset_indices.json")["auto"] == data.auto_sizes
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
     assert lines == ["data: val_size auto -> 8 (20% of 40), test_limit auto -> 10000 (all of 64), unlabeled_limit auto "
@@ -135,47 +138,54 @@ def test_test_limit_auto_keeps_a_stratified_10000(tmp_path):
     assert len(data.test_set) == 10_000 and np.bincount(data.test_set.labels.numpy()).tolist() == [5_000, 5_000]
 
 
-# --- every source at its defaults, near its lower limit, through train.py ----------------------------------
+# --- every source at its defaults, near its lower limit, through the training task ---------------------------
 
-def finished(run_dir, code: int, output: str, sizes_: tuple[int, int, int], auto: dict) -> None:
-    assert code == 0, output[-3000:]
-    record = read_json(run_dir / "result.json")
-    assert record["status"] == "completed" and 0 <= record["test_acc"] <= 1
+@pytest.fixture
+def trained(run_task, caplog):
+    """``run_task`` with the log captured: ``call(run_dir, *overrides) -> (the run's record fields, its log)``."""
+
+    def call(run_dir, *overrides: str) -> tuple[dict, str]:
+        with caplog.at_level(logging.INFO):
+            return run_task(run_dir, *overrides), caplog.text
+
+    return call
+
+
+def finished(run_dir, record: dict, log: str, sizes_: tuple[int, int, int], auto: dict) -> None:
+    assert 0 <= record["test_acc"] <= 1
     assert (record["train_size"], record["val_size"], record["test_size"]) == sizes_
     assert json.loads((run_dir / "subset_indices.json").read_text())["auto"] == auto
-    log = "".join(path.read_text() for path in run_dir.glob("*.log"))
     assert log.count("data: ") == 1 and f"batch_size auto -> {auto['batch_size']} " in log
 
 
-def test_torchvision_eurosat_of_160_images(tmp_path, main_inprocess):
+def test_torchvision_eurosat_of_160_images(tmp_path, trained):
     """The issue's case: data=torchvision data.name=EuroSAT on 10 classes x 16 images, every other value default."""
     root = write_eurosat(tmp_path / "torchvision", classes=[f"class{i}" for i in range(10)], per_class=16)
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=torchvision", "data.name=EuroSAT", f"data.root={root}",
-                                  "data.download=false", *QUICK)
-    finished(run_dir, code, output, (102, 26, 32), {"test_size": 32, "val_size": 26, "test_limit": 10_000, "batch_size": 26})
+    record, log = trained(run_dir, "data=torchvision", "data.name=EuroSAT", f"data.root={root}", "data.download=false", *QUICK)
+    finished(run_dir, record, log, (102, 26, 32), {"test_size": 32, "val_size": 26, "test_limit": 10_000, "batch_size": 26})
 
 
 @needs_datasets
-def test_hf_save_to_disk_of_120_images(tmp_path, main_inprocess):
+def test_hf_save_to_disk_of_120_images(tmp_path, trained):
     folder = tmp_path / "saved"
     datasets.DatasetDict(train=hf_split(120, classes=("a", "b", "c", "d"))).save_to_disk(str(folder))
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=hf", f"data.path={folder}", *QUICK)
-    finished(run_dir, code, output, (77, 19, 24), {"test_size": 24, "val_size": 19, "test_limit": 10_000, "batch_size": 20})
+    record, log = trained(run_dir, "data=hf", f"data.path={folder}", *QUICK)
+    finished(run_dir, record, log, (77, 19, 24), {"test_size": 24, "val_size": 19, "test_limit": 10_000, "batch_size": 20})
 
 
-def test_image_folder_of_2_classes_x_12(tmp_path, main_inprocess):
+def test_image_folder_of_2_classes_x_12(tmp_path, trained):
     for label, name in enumerate(("cats", "dogs")):
         (tmp_path / "images" / name).mkdir(parents=True)
         for i in range(12):
             Image.fromarray(np.full((12, 12, 3), 100 * label + i, dtype=np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=image_folder", f"data.root={tmp_path / 'images'}", *QUICK)
-    finished(run_dir, code, output, (19, 5, 5), {"val_split": 5, "test_limit": 10_000, "batch_size": 8})
+    record, log = trained(run_dir, "data=image_folder", f"data.root={tmp_path / 'images'}", *QUICK)
+    finished(run_dir, record, log, (19, 5, 5), {"val_split": 5, "test_limit": 10_000, "batch_size": 8})
 
 
-def test_digits_at_a_small_fraction(tmp_path, main_inprocess):
+def test_digits_at_a_small_fraction(tmp_path, trained):
     run_dir = tmp_path / "run"
-    code, output = main_inprocess(run_dir, "data=digits", "data.fraction=0.02", *QUICK)
-    finished(run_dir, code, output, (20, 200, 449), {"test_size": 449, "val_size": 200, "test_limit": 10_000, "batch_size": 8})
+    record, log = trained(run_dir, "data=digits", "data.fraction=0.02", *QUICK)
+    finished(run_dir, record, log, (20, 200, 449), {"test_size": 449, "val_size": 200, "test_limit": 10_000, "batch_size": 8})

@@ -59,7 +59,7 @@ def test_the_domain_loss_reaches_the_backbone_reversed_and_scaled():
     data, module = build()
     module.eval()  # BatchNorm on running statistics: the same features in every pass
     source, labels = next(iter(data.train_dataloader()))
-    target = TargetBatches(data.target_train_dataset(), 16, SEED, data.normalize)(0)
+    target = TargetBatches(module.target_set(data), 16, SEED, data.normalize)(0)
     module._target = target
     logits = module(data.normalize(source))
     features = module._features
@@ -84,8 +84,8 @@ def test_the_domain_loss_reaches_the_backbone_reversed_and_scaled():
 
 
 def test_target_batches_are_a_seeded_function_of_the_step():
-    data, _ = build()
-    dataset = data.target_train_dataset()
+    data, module = build()
+    dataset = module.target_set(data)
     batches = TargetBatches(dataset, 16, SEED, lambda x: x)
     again = TargetBatches(dataset, 16, SEED, lambda x: x)
     assert torch.equal(batches(3), again(3)) and not torch.equal(batches(3), batches(4))
@@ -112,20 +112,20 @@ def test_target_labels_never_reach_the_loss(tmp_path):
     """The target set keeps no labels (-1); written over with random classes, training is bit-identical."""
     data, module = build()
     trainer, before = fit_steps(module, data, tmp_path)
-    assert (data.target_train_dataset().labels == -1).all()
+    assert (module.target_set(data).labels == -1).all()
     assert {"train/loss_domain", "train/domain_acc", "train/grl_lambda"} <= set(trainer.callback_metrics)
     data, module = build()
-    target = data.target_train_dataset()
+    target = module.target_set(data)  # what training will draw from: the same dataset
     target.labels = torch.randint(0, data.num_classes, target.labels.shape)
     _, after = fit_steps(module, data, tmp_path)
     assert torch.equal(before, after)
 
 
-def test_dann_without_a_target_domain_is_refused_naming_the_key(tmp_path, main_inprocess):
+def test_dann_without_a_target_domain_is_refused_naming_the_key(tmp_path, main_direct):
     with pytest.raises(InvalidValue) as error:
         build(target_domain=None)
     assert error.value.name == "target_domain" and "rotate" in error.value.accepted
-    code, output = main_inprocess(tmp_path, "strategy=dann")
+    code, output = main_direct(tmp_path, "strategy=dann")
     assert code == 1
     assert "data.target_domain=None is not accepted" in output and "invert | rotate | blur | noise | contrast" in output
     assert read_json(tmp_path / "result.json")["status"] == "failed"

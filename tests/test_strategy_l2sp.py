@@ -77,8 +77,8 @@ def test_negative_strength_is_refused(key, value):
         l2sp(**{key: value})
 
 
-def test_weight_decay_config_error_names_the_key(tmp_path, main_inprocess):
-    code, output = main_inprocess(tmp_path / "run", "strategy=l2sp", "strategy.optimizer.weight_decay=0.01")
+def test_weight_decay_config_error_names_the_key(tmp_path, main_direct):
+    code, output = main_direct(tmp_path / "run", "strategy=l2sp", "strategy.optimizer.weight_decay=0.01")
     assert_failed_cleanly(code, output, tmp_path / "run", ["strategy.optimizer.weight_decay=0.01 ", "0.0"])
 
 

@@ -96,8 +96,8 @@ def test_target_stages_choose_the_adapted_stages():
     ("strategy.rank=0", ["strategy.rank", "an integer >= 1"]),
     ("strategy.alpha=-1", ["strategy.alpha", "a number > 0"]),
 ])
-def test_bad_settings_name_the_key(tmp_path, main_inprocess, override, fragments):
-    code, output = main_inprocess(tmp_path, "strategy=lora", override)
+def test_bad_settings_name_the_key(tmp_path, main_direct, override, fragments):
+    code, output = main_direct(tmp_path, "strategy=lora", override)
     assert_failed_cleanly(code, output, tmp_path, fragments)
 
 

@@ -19,6 +19,7 @@ from tlexp.backbone import create_backbone
 from tlexp.data import Synthetic
 from tlexp.errors import InvalidValue
 from tlexp.strategies import Full, PseudoLabel
+from tlexp.strategies.pseudo_label import UnlabeledImages
 
 NAME = "test_efficientnet"
 SETTINGS = {"lr_head": 0.05, "lr_backbone": 0.01, "schedule": "constant", "threshold": 0.8}
@@ -47,14 +48,14 @@ class SecondRound(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 1:
-            self.weights, self.train_set, self.batches = weights(pl_module), trainer.datamodule.train_set, trainer.num_training_batches
+            self.weights, self.train_set, self.batches = weights(pl_module), trainer.datamodule.training_set(), trainer.num_training_batches
 
 
 def fit_two_rounds(shuffle_hidden_labels: bool = False):
     datamodule, module = build(rounds=2, **SETTINGS)
-    if shuffle_hidden_labels:
-        hidden = datamodule.unlabeled_set.labels
-        hidden.copy_(hidden[torch.randperm(len(hidden), generator=torch.Generator().manual_seed(0))])
+    if shuffle_hidden_labels:  # the data's, before the strategy takes them
+        hidden = datamodule.extra_split("unlabeled").labels
+        hidden[:] = hidden[torch.randperm(len(hidden), generator=torch.Generator().manual_seed(0)).numpy()]
     second = SecondRound()
     fit = trainer(2, None, [second])
     fit.fit(module, datamodule=datamodule)
@@ -73,14 +74,15 @@ def test_rest_is_the_pool_minus_the_labeled_subset(tmp_path):
     pool = len(datamodule.load()[0].labels)  # the synthetic training split; its test split is separate images
     assert not (unlabeled & train) and not (unlabeled & val)
     assert len(train) + len(val) + len(unlabeled) == pool == 128 and indices["unlabeled_size"] == len(unlabeled) == 72
-    assert len(datamodule.unlabeled_set) == 72 and len(datamodule.train_set) == len(train) == 24
-    images, positions = next(iter(datamodule.unlabeled_dataloader()))  # no labels: positions, in order
+    unlabeled_images = UnlabeledImages(datamodule)  # the strategy's view of the data's unlabeled images
+    assert len(unlabeled_images) == 72 and len(datamodule.train_set) == len(train) == 24
+    images, positions = next(iter(unlabeled_images.loader()))  # no labels: positions, in order
     assert images.dtype == torch.uint8 and torch.equal(positions, torch.arange(16))
-    assert torch.equal(images, datamodule.unlabeled_set.images[:16])
+    assert torch.equal(images, unlabeled_images.dataset.images[:16])
     limited = data(unlabeled_limit=30).prepare_for(create_backbone(NAME))
-    assert len(limited.unlabeled_set) == 30 and set(limited.indices["unlabeled"]) <= unlabeled
-    assert data(unlabeled=None).prepare_for(create_backbone(NAME)).unlabeled_set is None
-    assert len(data(fraction=1.0).prepare_for(create_backbone(NAME)).unlabeled_set) == 0
+    assert len(UnlabeledImages(limited)) == 30 and set(limited.indices["unlabeled"]) <= unlabeled
+    assert data(unlabeled=None).prepare_for(create_backbone(NAME)).extra_split("unlabeled") is None
+    assert len(UnlabeledImages(data(fraction=1.0).prepare_for(create_backbone(NAME)))) == 0
 
 
 def hand_pseudo_labels(datamodule, state: dict, threshold: float):
@@ -88,7 +90,7 @@ def hand_pseudo_labels(datamodule, state: dict, threshold: float):
     _, model = build(rounds=2, **SETTINGS)
     model.load_state_dict(state)
     with torch.no_grad():
-        probabilities = model.eval()(datamodule.normalize(datamodule.unlabeled_set.images)).softmax(1)
+        probabilities = model.eval()(datamodule.normalize(UnlabeledImages(datamodule).dataset.images)).softmax(1)
     confidence, predicted = probabilities.max(1)
     chosen = torch.nonzero(confidence >= threshold).flatten()
     return chosen, predicted[chosen]
@@ -98,9 +100,9 @@ def test_confident_predictions_become_labels_counted_and_measured(two_rounds):
     datamodule, module, fit, second = two_rounds
     chosen, labels = hand_pseudo_labels(datamodule, second.weights, SETTINGS["threshold"])
     pseudo = module.pseudo
-    assert pseudo["round"] == 1 and 0 < len(chosen) < len(datamodule.unlabeled_set)
+    assert pseudo["round"] == 1 and 0 < len(chosen) < len(module.unlabeled(datamodule))
     assert torch.equal(pseudo["indices"], chosen) and torch.equal(pseudo["labels"], labels)
-    hidden = datamodule.unlabeled_labels()
+    hidden = module.unlabeled(datamodule).labels()
     accuracy = (hidden[chosen] == labels).float().mean().item()
     metrics = fit.callback_metrics
     assert metrics["pseudo/count"].item() == len(chosen) and metrics["pseudo/threshold"].item() == pytest.approx(0.8)
@@ -110,12 +112,12 @@ def test_confident_predictions_become_labels_counted_and_measured(two_rounds):
 
 def test_second_round_trains_on_labeled_plus_confident(two_rounds):
     datamodule, module, _, second = two_rounds
-    labeled, count = len(datamodule.labeled_set), len(module.pseudo["indices"])
+    labeled, count = len(datamodule.train_set), len(module.pseudo["indices"])
     assert len(second.train_set) == labeled + count and second.batches == math.ceil((labeled + count) / 16)
-    assert [second.train_set[i][1] for i in range(labeled)] == [datamodule.labeled_set[i][1] for i in range(labeled)]
+    assert [second.train_set[i][1] for i in range(labeled)] == [datamodule.train_set[i][1] for i in range(labeled)]
     for k, (index, label) in enumerate(zip(module.pseudo["indices"], module.pseudo["labels"])):
         image, target = second.train_set[labeled + k]
-        assert torch.equal(image, datamodule.unlabeled_set.images[index]) and target == label
+        assert torch.equal(image, module.unlabeled(datamodule).dataset.images[index]) and target == label
     scheduler = module.trainer.lr_scheduler_configs[0].scheduler  # two labeled epochs' worth of schedule
     assert scheduler.last_epoch == pytest.approx(2 * scheduler.steps_per_epoch)
 

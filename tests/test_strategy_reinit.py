@@ -85,8 +85,8 @@ def test_reinit_stages_outside_the_backbone_is_refused(bad):
     assert error.value.name == "reinit_stages"
 
 
-def test_reinit_stages_config_error_names_the_key(tmp_path, main_inprocess):
-    code, output = main_inprocess(tmp_path / "run", "strategy=reinit", "strategy.reinit_stages=9")
+def test_reinit_stages_config_error_names_the_key(tmp_path, main_direct):
+    code, output = main_direct(tmp_path / "run", "strategy=reinit", "strategy.reinit_stages=9")
     assert_failed_cleanly(code, output, tmp_path / "run", ["strategy.reinit_stages=9 ", "[1, 6]", "blocks.4"])
 
 

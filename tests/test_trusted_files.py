@@ -103,9 +103,9 @@ def test_export_refuses_checkpoint_and_config_with_exit_2(copied_run, tmp_path, 
         export.load(craft(tmp_path / "network.pt", marker))
 
 
-def test_resume_from_a_crafted_checkpoint_fails_naming_ckpt_path(main_inprocess, tmp_path, marker):
+def test_resume_from_a_crafted_checkpoint_fails_naming_ckpt_path(main_direct, tmp_path, marker):
     evil = craft(tmp_path / "evil.ckpt", marker)
-    code, output = main_inprocess(tmp_path / "run", f"ckpt_path={evil}", "strategy=full")
+    code, output = main_direct(tmp_path / "run", f"ckpt_path={evil}", "strategy=full")
     assert code == 1 and "ckpt_path=" in output and "refused to load this checkpoint" in output
     assert read_json(tmp_path / "run" / "result.json")["status"] == "failed"
 

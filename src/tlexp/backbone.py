@@ -53,6 +53,12 @@ def feature_width(backbone: nn.Module) -> int:
     return getattr(backbone, "head_hidden_size", None) or backbone.num_features
 
 
+def timm_name(backbone: nn.Module) -> str:
+    """The timm model name ``backbone`` was created from (``model.name``, with its pretrained tag if it had one), as
+    ``create_backbone`` notes it; a model built elsewhere: timm's architecture name."""
+    return getattr(backbone, "timm_name", None) or backbone.pretrained_cfg["architecture"]
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
@@ -105,6 +111,7 @@ def _create_checked(name: str, pretrained: bool, weights: str | None, num_classe
     backbone = _create(name, pretrained, weights, num_classes, **timm_kwargs)
     if img_size is not None:
         _check_input_size(backbone, name, img_size)
+    backbone.timm_name = name  # timm keeps the architecture, not a tag's spelling (resnet18 and resnet18.a1_in1k alike)
     return backbone
 
 

@@ -22,26 +22,13 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp.data import sizes
-from tlexp.data.domain_shift import SHIFTS
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache import FeatureCache, rules as cache_rules
-from tlexp.rules import Rule, is_integer, plain, rules_of, signature_chain
+from tlexp.rules import plain, rules_of, signature_chain
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 NODES = ("model", "data", "strategy", "trainer")
 """The nodes that build one object each; ``logger`` and ``callbacks`` hold one node per object."""
-
-# TEMPORARY (issue 21, "every config rule has one home"): these parameters of TransferDataModule are being moved
-# by a concurrent change, so their rules stay here (and in its __init__) until it is merged; then they move beside
-# their parameters like every other rule, and this table goes.
-PENDING: dict[str, Rule] = {
-    "data.unlabeled": Rule("null or none (no unlabeled set), rest (the training pool outside data.fraction, without labels)",
-                           lambda v: v in (None, "none", "rest")),
-    "data.unlabeled_limit": Rule(sizes.UNLABELED_ACCEPTED, lambda v: v is None or v == sizes.AUTO or is_integer(v, 1)),
-    "data.target_domain": Rule(f"null or a shift: {', '.join(SHIFTS)}", lambda v: v is None or v in SHIFTS),
-}
-"""Config key -> what it accepts, for the keys whose parameters do not declare their rule yet."""
 
 
 def nodes(cfg: DictConfig) -> list[tuple[str, object]]:
@@ -61,13 +48,6 @@ def check(cfg: DictConfig) -> None:
         check_keys(path, node)
     for path, node in nodes(cfg):
         check_values(path, node)
-    for key, rule in PENDING.items():  # TEMPORARY, see PENDING
-        value = OmegaConf.select(cfg, key, default=KeyError)
-        if value is not KeyError:
-            try:
-                rule.check(key, value)
-            except InvalidValue as error:
-                raise ConfigError.at("", error) from None
     cache = {key: plain(cfg.strategy[key]) for key in _attached_keys("strategy", cfg.strategy)}
     if cache:  # the feature cache's settings (FeatureCache declares their rules), with those that make caching unequal
         try:

@@ -59,6 +59,9 @@ class TransferModule(Checked, L.LightningModule):
 
     uses_pretrained_weights = True
     """Scratch sets this to False: the entry point then builds the backbone without weights."""
+    data_defaults: dict[str, object] = {}
+    """``data.*`` settings the strategy needs where the config leaves them null: the entry point builds the data with
+    them (pseudo_label: ``unlabeled: rest``, the images it labels)."""
 
     def __init__(
         self,

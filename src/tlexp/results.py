@@ -63,14 +63,16 @@ DONE_STATUSES = (Status.COMPLETED, Status.DIVERGED, Status.PRUNED)
 
 @dataclass
 class RunRecord:
-    """One job's ``result.json``. ``train.main`` creates it, ``train.run`` fills it in as the job goes.
+    """One job's ``result.json``. ``train.job`` creates it and fills it in with the fields the task (``train.train``)
+    returns, and reports as it goes (``progress``), from the objects it built.
 
     A field that has no value (None) is left out of the file, so the keys on disk say how far the
     job got (a diverged job has no ``test_acc``); reading, a missing key is None and a key this
     class does not know is kept in ``extra`` and written back unchanged.
     """
 
-    # --- when the job starts (train.main)
+    # --- when the job starts (train.job); strategy ... weight_decay once built (train.settings): until then, a job
+    # that failed or was killed before has only the strategy, fraction and seed its config asked for
     status: str | None = None  # a Status value
     overrides: list[str] | None = None  # the job's command-line overrides; a sweep names its directory by them
     strategy: str | None = None  # the strategy's class name in lower case: scratch, frozen, partial, ...
@@ -114,7 +116,7 @@ class RunRecord:
     val_size: int | None = None  # validation images (count)
     test_size: int | None = None  # test images (count)
     skipped_files: int | None = None  # unreadable image files left out (image folders; count)
-    # --- after fitting and testing (train.run)
+    # --- after fitting and testing (train.fit, train.train)
     fit_seconds: float | None = None  # wall-clock of trainer.fit (s)
     val_acc_final: float | None = None  # val/acc of the last epoch, in [0, 1]
     val_acc_best: float | None = None  # best val/acc of any epoch, in [0, 1]
@@ -122,7 +124,7 @@ class RunRecord:
     test_acc: float | None = None  # test/acc of the best checkpoint, in [0, 1]
     target_test_acc: float | None = None  # test/target_acc: the same on the data.target_domain-shifted test split
     best_checkpoint: str | None = None  # path of the checkpoint tested
-    # --- when the job ends (train.main)
+    # --- when the job ends (train.job)
     metrics: dict[str, float] | None = None  # every final logged value, e.g. {"val/acc": ..., "test/loss": ...}
     error: str | None = None  # why it failed, diverged, was interrupted or killed (one line, or a traceback's message)
     cause: str | None = None  # killed: what the system says stopped it (the OOM killer, SLURM), where it says so

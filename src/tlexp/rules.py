@@ -6,7 +6,7 @@ annotations before any ``__init__`` runs (nothing is built from a value it refus
 declarations from a ``_target_``'s signature, up the class hierarchy, and applies them to the config's values
 before anything at all is built (the backbone's weights included), naming the full key::
 
-    class Gradual(CachesPrefix, TransferModule):
+    class Gradual(TransferModule):
         def __init__(self, *args, unfreeze_by: Annotated[float, Rule("a share of trainer.max_epochs in (0, 1]",
                                                                     lambda v: number(v) and 0 < v <= 1)] = 0.25, ...
 

@@ -1,6 +1,9 @@
-"""The training task: compose objects from the config, fit, test the best checkpoint, record the result.
+"""Training: ``train`` is the task (build from a composed config, fit, test; the run's record fields and
+metrics), ``job`` the wrapper around it (result.json, skip, resume, failures), ``main`` Hydra's entry point
+(the exit code).
 
-``train.py`` at the repository root and the ``tlexp-train`` console script both call ``main``.
+``train.py`` at the repository root and the ``tlexp-train`` console script both call ``main``; the race
+(``tlexp.race``) runs its trials through ``job``; tests call ``train`` on a composed config.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import logging
 import pickle
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -17,10 +20,12 @@ import lightning as L
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tlexp import config, liveness
+from tlexp.backbone import timm_name
 from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Heartbeat, Interrupted, Interruption
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.feature_cache import callbacks_for as cache_callbacks
@@ -34,18 +39,16 @@ log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def strategy_name(cls: type) -> str:
+    """A strategy class's name in ``STRATEGIES`` (``PseudoLabel`` -> ``pseudo_label``); another class: its name in lower case."""
+    return next((short for short, registered in STRATEGIES.items() if registered is cls), cls.__name__.lower())
+
+
 def target_name(node: DictConfig) -> str:
-    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class (a strategy's
-    name in ``STRATEGIES``, e.g. ``pseudo_label``; otherwise the class name in lower case)."""
+    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class, as ``strategy_name``, from
+    the text alone (also for a ``_target_`` that does not import)."""
     name = node._target_.rsplit(".", 1)[-1]
     return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
-
-
-def dataset_name(data: DictConfig) -> str:
-    """The dataset, not only its source: ``data.name`` (torchvision), ``data.path`` (hf), the folder's name
-    (image folder, Fashion-MNIST), else the source (digits, synthetic)."""
-    named = data.get("name") or data.get("path") or (Path(str(data.root)).name if data.get("root") else None)
-    return str(named or target_name(data))
 
 
 def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
@@ -59,14 +62,15 @@ def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:
     return name, group, multirun
 
 
+# --- the task ----------------------------------------------------------------------------------------------
+
 def build(cfg: DictConfig):
     """Backbone -> data (preprocessing from the backbone) -> strategy module."""
     strategy = hydra.utils.get_class(cfg.strategy._target_)
     backbone = config.instantiate("model", cfg.model, sources={"img_size": "data.image_size"}, img_size=cfg.data.image_size,
                                   **({} if strategy.uses_pretrained_weights else {"pretrained": False, "weights": None}))
-    # a strategy that trains on unlabeled images gets the training pool's rest when data.unlabeled is null
-    unlabeled = getattr(strategy, "uses_unlabeled_data", False) and "unlabeled" in cfg.data and cfg.data.unlabeled is None
-    datamodule = config.instantiate("data", cfg.data, **({"unlabeled": "rest"} if unlabeled else {}))
+    needs = {key: value for key, value in strategy.data_defaults.items() if key in cfg.data and cfg.data[key] is None}
+    datamodule = config.instantiate("data", cfg.data, **needs)
     try:
         datamodule.prepare_for(backbone)  # preprocessing from the backbone's timm data config, then setup
     except InvalidValue as error:  # a folder or file found wanting while loading
@@ -74,6 +78,19 @@ def build(cfg: DictConfig):
     module = config.instantiate("strategy", cfg.strategy, sources={"target_domain": "data.target_domain"},  # dann's
                                 backbone=backbone, num_classes=datamodule.num_classes)
     return datamodule, module
+
+
+def settings(datamodule, module, trainer: L.Trainer) -> dict:
+    """What was built, as ``RunRecord`` fields: the strategy's class and rates, the backbone's timm name, the data's
+    source, dataset and fraction, the trainer's epochs, the optimizer's weight decay."""
+    hparams = module.hparams
+    return {
+        "strategy": strategy_name(type(module)), "model": timm_name(module.backbone),
+        "data": type(datamodule).__name__.lower(), "dataset": datamodule.dataset_name, "fraction": datamodule.fraction,
+        "lr_head": hparams.get("lr_head"), "lr_backbone": hparams.get("lr_backbone"), "lr_ratio": hparams.get("lr_ratio"),
+        "lr_decay": hparams.get("lr_decay"), "max_epochs": trainer.max_epochs,
+        "weight_decay": getattr(module.optimizer_factory, "keywords", {}).get("weight_decay"),
+    }
 
 
 def derived_values(datamodule, module) -> dict:
@@ -89,26 +106,61 @@ def derived_values(datamodule, module) -> dict:
     }
 
 
-def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbeat, ckpt_path: str | None = None,
-        callbacks: Sequence = ()) -> dict:
-    """Build, fit, test: the job's metrics; ``callbacks`` join the config's (the race's pruning callback)."""
-    config.check(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule, module = build(cfg)
-    derived = derived_values(datamodule, module)
-    record.update(**derived, skipped_files=len(getattr(datamodule, "skipped_files", ())))
-    name, group, _ = job_identity(cfg)
-    tags = [target_name(cfg.strategy), f"fraction={cfg.data.fraction}", *cfg.get("tags", [])]
-    if cfg.data.get("target_domain"):
-        tags.append(f"target_domain={cfg.data.target_domain}")
-    loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
-    callbacks = [*(hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c), *callbacks]
-    callbacks += cache_callbacks(cfg.strategy)  # frozen, partial, gradual: the feature cache their cache_* keys set
-    callbacks += [EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR), heartbeat]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    hparams = {**OmegaConf.to_container(cfg, resolve=True), "derived": derived}
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hparams)
+def train(cfg: DictConfig, output_dir: str | Path | None = None, *, callbacks: Sequence[Callback] = (),
+          ckpt_path: str | None = None, progress: Callable[..., object] | None = None) -> dict:
+    """The task: check ``cfg`` (a composed config), build backbone, data and strategy, fit (from ``ckpt_path``, default
+    the config's), test the best checkpoint. Returns the run's ``RunRecord`` fields, read off the objects it built and
+    the fit, with ``metrics`` (every final logged value).
+
+    ``output_dir`` (default ``paths.output_dir``) receives the run's own files (checkpoints, ``metrics.csv``,
+    ``subset_indices.json``, the W&B run), never ``result.json``; ``callbacks`` join the config's (the job's
+    heartbeat, the race's pruning callback); ``progress(**fields)`` gets the fields as they become known, so that
+    a run stopped later (an exception, a kill) still leaves them to its caller. Whatever stops the run is raised
+    (``ConfigError``, ``Diverged``, ``Interrupted``, ``optuna.TrialPruned``, ...). Callable many times in one process."""
+    output_dir = str(output_dir or cfg.paths.output_dir)
+    ckpt_path = ckpt_path or cfg.get("ckpt_path")
+    progress = progress or (lambda **fields: None)
+    exit_code = 1
+    try:
+        config.check(cfg)
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule, module = build(cfg)
+        strategy = strategy_name(type(module))
+        name, group, _ = job_identity(cfg)
+        tags = [strategy, f"fraction={datamodule.fraction}", *cfg.get("tags", [])]
+        if datamodule.target_domain:
+            tags.append(f"target_domain={datamodule.target_domain}")
+        loggers = build_loggers(cfg.logger, output_dir, name, group, tags)
+        callbacks = [*(hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c), *callbacks,
+                     *cache_callbacks(cfg.strategy),  # frozen, partial, gradual: the feature cache their cache_* keys set
+                     EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR)]
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+        derived = derived_values(datamodule, module)
+        fields = {**settings(datamodule, module, trainer), "seed": cfg.seed, **derived,
+                  "skipped_files": len(getattr(datamodule, "skipped_files", ()))}
+        progress(**fields)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "derived": derived})
+        fitted, metrics = fit(cfg, trainer, datamodule, module, ckpt_path)
+        fields.update(fitted)
+        progress(**fitted)
+        if cfg.get("test", True):
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+            for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
+                                             weights_only=True):  # 2: target_domain
+                metrics.update({k: float(v) for k, v in test_metrics.items()})
+            fields.update(test_acc=metrics.get("test/acc"), target_test_acc=metrics.get("test/target_acc"), best_checkpoint=best)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"summary/{k}": v for k, v in derived.items() if isinstance(v, (int, float))})
+        exit_code = 0
+        return {**fields, "metrics": metrics}
+    finally:
+        finish_wandb(exit_code)
+
+
+def fit(cfg: DictConfig, trainer: L.Trainer, datamodule, module, ckpt_path: str | None) -> tuple[dict, dict[str, float]]:
+    """``trainer.fit`` (unless ``train=false``): (the fit's record fields, the metrics it logged last)."""
     started = time.perf_counter()
     if cfg.get("train", True):
         try:  # weights_only: a checkpoint from elsewhere (ckpt_path=, a copied run directory) cannot run code
@@ -116,25 +168,14 @@ def run(cfg: DictConfig, output_dir: str, record: RunRecord, heartbeat: Heartbea
         except pickle.UnpicklingError as error:
             raise ConfigError("ckpt_path", str(ckpt_path), "a checkpoint of tensors and plain values (one tlexp wrote)",
                               str(refusal(ckpt_path, "checkpoint", error))) from None
-    record.fit_seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    record.val_acc_final = metrics.get("val/acc")
-    record.val_acc_best = metrics.get("val/acc_best")
-    record.params_trainable_end = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    record.unfreeze_epochs = module.plan.start  # as trained: plateau unfreezing decides it during training
-    if cfg.get("test", True):
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-        for test_metrics in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False,
-                                         weights_only=True):  # 2: target_domain
-            metrics.update({k: float(v) for k, v in test_metrics.items()})
-        record.test_acc = metrics.get("test/acc")
-        record.target_test_acc = metrics.get("test/target_acc")
-        record.best_checkpoint = best
-    for logger in trainer.loggers:
-        logger.log_metrics({f"summary/{k}": v for k, v in derived.items() if isinstance(v, (int, float))})
-    return metrics
+    return {"fit_seconds": time.perf_counter() - started, "val_acc_final": metrics.get("val/acc"),
+            "val_acc_best": metrics.get("val/acc_best"),
+            "params_trainable_end": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "unfreeze_epochs": module.plan.start}, metrics  # as trained: plateau unfreezing decides it during training
 
+
+# --- the job around it -------------------------------------------------------------------------------------
 
 @rank_zero_only
 def report(record: RunRecord, output_dir: str) -> None:
@@ -149,19 +190,28 @@ def report(record: RunRecord, output_dir: str) -> None:
 
 def resume_point(cfg: DictConfig, output_dir: str, previous: RunRecord | None, overrides: list[str], multirun: bool):
     """(checkpoint to resume from, earlier run directory it belongs to): ``ckpt_path`` if given; in a
-    sweep, this job's own unfinished attempt; for a single run, the newest interrupted run with
-    the same overrides."""
+    sweep, this job's own unfinished attempt; for a single run started by Hydra, the newest interrupted run
+    with the same overrides (a direct call has none to compare)."""
     if cfg.get("ckpt_path"):
         return cfg.ckpt_path, None
     if multirun:
         return (resume_checkpoint(output_dir), None) if resumable(previous) else (None, None)
+    if not HydraConfig.initialized():
+        return None, None
     earlier = find_interrupted_run(Path(output_dir).parent, overrides, Path(output_dir))
     return (resume_checkpoint(earlier), earlier) if earlier else (None, None)
 
 
+def requested(cfg: DictConfig) -> dict:
+    """What ``result.json`` says of a job before anything is built: the keys a sweep lists its jobs by
+    (``sweep.summarize``), as the config asks for them; ``train`` replaces them with what it built."""
+    return {"strategy": target_name(cfg.strategy), "fraction": cfg.data.get("fraction"), "seed": cfg.seed}
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """train.py: the job; its ``optimized_metric`` (for a sweeper), None for a failed job of a sweep, exit 1 alone."""
+    """train.py: the job; its ``optimized_metric`` (for a sweeper), None for a failed job of a sweep, exit 1 alone.
+    Called with a composed config (``main(cfg)``), it runs the same without Hydra's runtime (a single run)."""
     record = job(cfg)
     if record.status == Status.COMPLETED:
         return (record.metrics or {}).get(cfg.get("optimized_metric"))
@@ -171,8 +221,8 @@ def main(cfg: DictConfig) -> float | None:
     sys.exit(1)
 
 
-def job(cfg: DictConfig, callbacks: Sequence = ()) -> RunRecord:
-    """One job in its output directory: skipped if a sweep already finished it, resumed if interrupted, run,
+def job(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunRecord:
+    """One job in its output directory: skipped if a sweep already finished it, resumed if interrupted, ``train``,
     recorded in ``result.json``. An interruption ends the process (SystemExit) after recording it."""
     output_dir = cfg.paths.output_dir
     _, group, multirun = job_identity(cfg)
@@ -199,13 +249,8 @@ def job(cfg: DictConfig, callbacks: Sequence = ()) -> RunRecord:
     elif ckpt_path and not cfg.get("ckpt_path"):
         log.info("resuming the interrupted job from %s", ckpt_path)
     record = RunRecord(
-        status=Status.RUNNING, overrides=overrides,
-        strategy=target_name(cfg.strategy), model=cfg.model.name, data=target_name(cfg.data), dataset=dataset_name(cfg.data),
-        fraction=cfg.data.get("fraction"), seed=cfg.seed,
-        lr_head=cfg.strategy.get("lr_head"), lr_backbone=cfg.strategy.get("lr_backbone"),
-        lr_ratio=cfg.strategy.get("lr_ratio"), lr_decay=cfg.strategy.get("lr_decay"), max_epochs=cfg.trainer.get("max_epochs"),
-        weight_decay=cfg.strategy.get("optimizer", {}).get("weight_decay"), group=group,
-        tags=list(cfg.get("tags", [])), resumed_from=str(ckpt_path) if ckpt_path else None,
+        status=Status.RUNNING, overrides=overrides, **requested(cfg), group=group, tags=list(cfg.get("tags", [])),
+        resumed_from=str(ckpt_path) if ckpt_path else None,
         attempts=[*(before.attempts or []), before.as_attempt()] if before else None,
         epochs_done=(before.epochs_done or 0) if before and ckpt_path else 0, **liveness.identity(),
     )
@@ -215,8 +260,8 @@ def job(cfg: DictConfig, callbacks: Sequence = ()) -> RunRecord:
     heartbeat = Heartbeat(record, output_dir)
     try:
         with heartbeat:  # stopped before the final record below is written
-            metrics = run(cfg, output_dir, record, heartbeat, ckpt_path, callbacks)
-        record.update(status=Status.COMPLETED, metrics=metrics)
+            fields = train(cfg, output_dir, callbacks=[*callbacks, heartbeat], ckpt_path=ckpt_path, progress=record.update)
+        record.update(status=Status.COMPLETED, **fields)
     except optuna.TrialPruned as error:  # the race's pruner stopped it: a result of its settings, like diverging
         record.update(status=Status.PRUNED, error=f"pruned: {error}")
     except InvalidValue as error:
@@ -237,7 +282,6 @@ def job(cfg: DictConfig, callbacks: Sequence = ()) -> RunRecord:
         log.exception("job failed")
     finally:
         record.wall_seconds = time.perf_counter() - started
-        finish_wandb(0 if record.status == Status.COMPLETED else 1)
         report(record, output_dir)
         if earlier_run is not None and record.status != Status.FAILED:
             mark_resumed(earlier_run, output_dir)

@@ -72,7 +72,7 @@ def old_prediction(module, datamodule, images: int):
     batches = -(-images // datamodule.batch_size)
     with torch.no_grad(), torch.inference_mode(False):
         return torch.cat([module(datamodule.normalize(images)).softmax(1).cpu()
-                          for _, (images, _) in zip(range(batches), datamodule.unlabeled_dataloader())]).max(1)
+                          for _, (images, _) in zip(range(batches), module.unlabeled(datamodule).loader())]).max(1)
 
 
 def measure(name: str, size: int, work) -> dict:
@@ -106,10 +106,11 @@ def passes_over(settings: Settings, backbone: torch.nn.Module, limit: int | None
     """The passes over ``limit`` unlabeled images (all: None), and the old prediction pass where ``with_old``."""
     datamodule = unlabeled_data(settings, backbone, limit)
     module = PseudoLabel(backbone, datamodule.num_classes, rounds=2)
-    count = len(datamodule.unlabeled_set)
+    unlabeled = module.unlabeled(datamodule)
+    count = len(unlabeled)
     rows = [measure("pseudo-label prediction", count, lambda: module.predict_unlabeled(datamodule)),
             measure("feature encoding", count, lambda: compute_features(
-                backbone, datamodule.unlabeled_set, datamodule.normalize, settings.batch_size))]
+                backbone, unlabeled.dataset, datamodule.normalize, settings.batch_size))]
     if with_old:
         old = min(OLD_IMAGES, count)
         rows.append(measure("pseudo-label prediction before the fix", old, lambda: old_prediction(module, datamodule, old)))

@@ -8,6 +8,12 @@ backbone's timm data config (mean, std, interpolation); only the image size is o
 splits are resized with the model's interpolation, so preprocessing must be known before
 they are built: ``prepare_for(backbone)`` does both in that order, and ``setup`` refuses to
 run before it.
+
+Besides the labeled splits the data offers, one way for all, what a strategy may take: ``extra_split(name)``
+(``EXTRA_SPLITS``: the training pool with a target domain, the unlabeled images), as loaded; ``make_dataset``
+and ``loader`` make them a dataset and a loader like the splits' (resized, seeded); ``train_also_on`` adds a
+strategy's items to the training epochs. What a strategy does with them is its own (``strategies/pseudo_label.py``,
+``strategies/dann.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import numpy as np
 import timm.data
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
 
 from tlexp.data import sizes
-from tlexp.data.domain_shift import check_shift, shift_array
+from tlexp.data.domain_shift import TARGET_DOMAIN, shift_array
 from tlexp.data.images import FileImages, TensorImages, resized
 from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
@@ -37,9 +43,15 @@ from tlexp.rules import Checked, Rule, integer, is_integer, number
 
 log = logging.getLogger(__name__)
 
-UNLABELED = (None, "none", "rest")
-UNLABELED_ACCEPTED = ("null or none (no unlabeled set), rest (the training pool's images outside data.fraction, "
-                      "without their labels)")
+UNLABELED = Rule("null or none (no unlabeled set), rest (the training pool's images outside data.fraction, without their labels)",
+                 lambda v: v in (None, "none", "rest"))
+EXTRA_SPLITS = {
+    "pool": "the training pool (the validation carve excluded, the labeled fraction included), kept with a target_domain: "
+            "what domain adaptation shifts into it",
+    "unlabeled": "data.unlabeled's images: with rest, the training pool outside data.fraction, at most data.unlabeled_limit "
+                 "of them (a seeded draw), in the target_domain where there is one; their labels only to measure by",
+}
+"""The splits besides the labeled ones that ``extra_split`` offers, by name."""
 
 
 @dataclass
@@ -53,20 +65,6 @@ class Split:
     def take(self, indices: np.ndarray) -> Split:
         return Split(self.labels[indices], None if self.images is None else self.images[indices],
                      None if self.paths is None else [self.paths[i] for i in indices])
-
-
-class Relabeled(Dataset):
-    """Items ``indices`` of ``dataset`` with ``targets`` in place of their labels, which are never read:
-    the unlabeled set yields its own positions, the pseudo-labeled set the predicted classes."""
-
-    def __init__(self, dataset, indices: torch.Tensor, targets: torch.Tensor):
-        self.dataset, self.indices, self.targets = dataset, indices, targets
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, index):
-        return self.dataset[int(self.indices[index])][0], self.targets[index]
 
 
 class EpochSampler(DistributedSampler):
@@ -108,23 +106,19 @@ class TransferDataModule(Checked, L.LightningDataModule):
                  image_size: Annotated[int, integer(8, "an integer >= 8 (pixels)")] = 64, augment: bool = False,
                  batch_size: Annotated[int | str, sizes.BATCH] = AUTO, num_workers: Annotated[int | str, NUM_WORKERS] = "auto",
                  seed: int = 42, split_seed: int = 0, output_dir: str | None = None,
-                 test_limit: Annotated[int | str | None, sizes.TEST_LIMIT] = AUTO, unlabeled: str | None = None,
-                 unlabeled_limit: int | str | None = AUTO, target_domain: str | None = None):
+                 test_limit: Annotated[int | str | None, sizes.TEST_LIMIT] = AUTO,
+                 unlabeled: Annotated[str | None, UNLABELED] = None,
+                 unlabeled_limit: Annotated[int | str | None, sizes.UNLABELED_LIMIT] = AUTO,
+                 target_domain: Annotated[str | None, TARGET_DOMAIN] = None):
         super().__init__()
-        # TEMPORARY (issue 21): unlabeled, unlabeled_limit and target_domain keep their checks here (and in
-        # tlexp.config.PENDING) until the concurrent change to them is merged; then their rules move into the signature
-        if unlabeled not in UNLABELED:
-            raise InvalidValue("unlabeled", unlabeled, UNLABELED_ACCEPTED)
-        if unlabeled_limit not in (None, AUTO) and (isinstance(unlabeled_limit, bool) or not isinstance(unlabeled_limit, int)
-                                                    or unlabeled_limit < 1):
-            raise InvalidValue("unlabeled_limit", unlabeled_limit, sizes.UNLABELED_ACCEPTED)
         self.unlabeled = None if unlabeled == "none" else unlabeled
         self.unlabeled_limit = unlabeled_limit
-        self.labeled_set = self.unlabeled_set = self._unlabeled_split = self._pseudo_source = None
-        if target_domain is not None:
-            check_shift(target_domain)
         self.target_domain = target_domain
-        self.target_test_set = self._target_pool = self._target_train_set = None
+        self.target_test_set = None
+        self.extra_splits: dict[str, Split] = {}
+        """``EXTRA_SPLITS`` this data has, by name (``extra_split``)."""
+        self.extra_train_set: Dataset | None = None
+        """Items a strategy added to the training epochs (``train_also_on``)."""
         self.test_limit = test_limit
         self.fraction, self.val_size, self.image_size, self.augment = fraction, val_size, image_size, augment
         # batch_size: the setting until setup, then the batch every loader uses (auto resolved)
@@ -176,6 +170,11 @@ class TransferDataModule(Checked, L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def dataset_name(self) -> str:
+        """Which dataset (``result.json``'s ``dataset``): a source that loads one of many says which; else its own name."""
+        return type(self).__name__.lower()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -200,16 +199,15 @@ class TransferDataModule(Checked, L.LightningDataModule):
             self.indices["test"] = test_idx.tolist()
         chosen = train_pool[stratified_fraction(train.labels[train_pool], self.fraction, self.seed)]
         self.indices.update(train=chosen.tolist(), fraction=self.fraction, seed=self.seed, split_seed=self.split_seed)
-        self.train_set = self._dataset(train.take(chosen), self.augment)
-        self.val_set = self._dataset(val, False)
-        self.test_set = self._dataset(test, False)
-        self.labeled_set = self.train_set
+        self.train_set = self.make_dataset(train.take(chosen), self.augment)
+        self.val_set = self.make_dataset(val)
+        self.test_set = self.make_dataset(test)
         if self.target_domain is not None:
             self._set_up_target(train.take(train_pool), test)
         if self.unlabeled == "rest":
             self._set_up_unlabeled(train, np.setdiff1d(train_pool, chosen))
-        if self.batch_size == AUTO:
-            unlabeled = 0 if self.unlabeled_set is None else len(self.unlabeled_set)
+        if self.batch_size == AUTO:  # sized for the largest training set: the unlabeled images may join it (pseudo-labels)
+            unlabeled = len(self.extra_splits["unlabeled"].labels) if "unlabeled" in self.extra_splits else 0
             self.batch_size = self.chose("batch_size", *sizes.batch_size(self.auto_batch_size, len(chosen), unlabeled))
         if self.auto_sizes:
             log.info("data: %s", ", ".join(self._auto_reasons))
@@ -235,41 +233,49 @@ class TransferDataModule(Checked, L.LightningDataModule):
         return value
 
     def _set_up_unlabeled(self, train: Split, rest: np.ndarray) -> None:
-        """``rest``: the training pool outside the fraction (never the validation carve, never the test split),
-        at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not looked at); with a
-        ``target_domain``, its shifted copy, so that self-training adapts to the target domain."""
+        """The ``unlabeled`` extra split: ``rest``, the training pool outside the fraction (never the validation carve,
+        never the test split), at most ``unlabeled_limit`` of it (a seeded draw, not stratified: its labels are not
+        looked at); with a ``target_domain``, its shifted copy, so that self-training adapts to the target domain."""
         limit = self.unlabeled_limit
         if limit == AUTO:
-            limit = self.chose("unlabeled_limit", *sizes.unlabeled_cap(len(self.labeled_set), len(rest)))
+            limit = self.chose("unlabeled_limit", *sizes.unlabeled_cap(len(self.train_set), len(rest)))
         if limit is not None and limit < len(rest):
             rest = np.sort(np.random.default_rng(self.seed).choice(rest, limit, replace=False))
         if not len(rest):
             log.warning("data.unlabeled=rest: data.fraction leaves no unlabeled images")
-        self._unlabeled_split = train.take(rest)
+        unlabeled = train.take(rest)
         if self.target_domain is not None:
-            self._unlabeled_split = Split(self._unlabeled_split.labels, shift_array(self._unlabeled_split.images,
-                                                                                    self.target_domain, seed=2))
-        self.unlabeled_set = self._dataset(self._unlabeled_split, False)
+            unlabeled = Split(unlabeled.labels, shift_array(unlabeled.images, self.target_domain, seed=2))
+        self.extra_splits["unlabeled"] = unlabeled
         self.indices.update(unlabeled=rest.tolist(), unlabeled_size=len(rest))
 
     def _set_up_target(self, pool: Split, test: Split) -> None:
-        """The ``target_domain`` copy of the test split; the training ``pool`` (validation carve excluded) is kept
-        for ``target_train_dataset``. Shifts apply to images in memory: image files are refused."""
+        """The ``target_domain`` copy of the test split; the training ``pool`` (validation carve excluded) kept as the
+        ``pool`` extra split. Shifts apply to images in memory: image files are refused."""
         if pool.images is None:
             raise InvalidValue("target_domain", self.target_domain, "null for image files", "domain shifts apply to "
                                "images held in memory (digits, fashion_mnist, synthetic, ...), not to image files")
-        self.target_test_set = self._dataset(Split(test.labels, shift_array(test.images, self.target_domain, seed=1)), False)
-        self._target_pool = pool
+        self.target_test_set = self.make_dataset(Split(test.labels, shift_array(test.images, self.target_domain, seed=1)))
+        self.extra_splits["pool"] = pool
         self.indices["target_domain"] = self.target_domain
 
-    def target_train_dataset(self) -> TensorImages | None:
-        """The target domain's training images: the ``target_domain`` copy of the whole training pool (the
-        labeled fraction's images too, as in MNIST->MNIST-M; never the validation or test images), every label
-        -1 (unlabeled). Built on first use, by the strategies that adapt; None without ``target_domain``."""
-        if self._target_train_set is None and self._target_pool is not None:
-            images = shift_array(self._target_pool.images, self.target_domain, seed=0)
-            self._target_train_set = self._dataset(Split(np.full(len(images), -1, dtype=np.int64), images), self.augment)
-        return self._target_train_set
+    # --- what strategies take besides the labeled splits ---------------------------------------------------
+    def extra_split(self, name: str) -> Split | None:
+        """The extra split ``name`` (``EXTRA_SPLITS``) as loaded: uint8 images or files, with their labels (a strategy
+        that takes them as unlabeled only measures by them); None where this data has none (the setting that makes it
+        is off, or before setup)."""
+        if name not in EXTRA_SPLITS:
+            raise KeyError(f"no extra split {name!r}; there are: {', '.join(EXTRA_SPLITS)}")
+        return self.extra_splits.get(name)
+
+    def train_also_on(self, dataset: Dataset | None) -> None:
+        """Train on ``dataset``'s items too, after the labeled ones (a strategy's, e.g. pseudo-labeled images, each
+        ``(uint8 image, class)``); None or empty: on the labeled ones alone. Train loaders built afterwards see it."""
+        self.extra_train_set = dataset if dataset is not None and len(dataset) else None
+
+    def training_set(self) -> Dataset:
+        """What a training epoch goes over: ``train_set``, then the items ``train_also_on`` added."""
+        return self.train_set if self.extra_train_set is None else ConcatDataset([self.train_set, self.extra_train_set])
 
     def save_indices(self) -> None:
         if self.output_dir is None or (self.trainer is not None and not self.trainer.is_global_zero):
@@ -277,7 +283,9 @@ class TransferDataModule(Checked, L.LightningDataModule):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "subset_indices.json").write_text(json.dumps(self.indices))
 
-    def _dataset(self, split: Split, augment: bool):
+    def make_dataset(self, split: Split, augment: bool = False) -> TensorImages | FileImages:
+        """``split`` as the splits are made: resized to ``image_size`` with the model's interpolation, uint8 images
+        (``normalize`` makes them inputs), augmented if ``augment``."""
         if split.images is not None:
             return TensorImages(resized(split.images, self.image_size, self.interpolation), split.labels, augment)
         return FileImages(split.paths, split.labels, self.image_size, self.interpolation, augment)
@@ -290,7 +298,9 @@ class TransferDataModule(Checked, L.LightningDataModule):
             return self.num_workers
         return min(8, max(1, (os.cpu_count() or 2) - 1)) if decodes_files(dataset) else 0
 
-    def _loader(self, dataset, sampler=None) -> DataLoader:
+    def loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+        """A loader of ``dataset`` like the splits' (any dataset: a strategy's too): the run's batch size, in order or
+        by ``sampler``, seeded by its own generator, its workers chosen by ``workers``."""
         workers = self.workers(dataset)
         # its own generator: starting an iterator draws a seed, and a draw from the global RNG would make the
         # epoch's dropout and augmentation depend on when Lightning starts it (earlier after a resume)
@@ -302,40 +312,18 @@ class TransferDataModule(Checked, L.LightningDataModule):
         """Each epoch's order is a function of (seed, epoch), also for every DDP rank; after a
         mid-epoch resume the first epoch skips, by index, the batches already trained on."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        loader = self._loader(self.train_set, sampler)
+        dataset = self.training_set()
+        sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        loader = self.loader(dataset, sampler)
         if 0 < self._resume_batches < len(loader):
             sampler.skip = self._resume_batches * self.batch_size
         self._resume_batches = 0
         return loader
 
-    # --- the unlabeled set (``unlabeled``) and the training set with pseudo-labels ----------------------
-    def unlabeled_dataloader(self) -> DataLoader:
-        """The unlabeled images in a fixed order, not augmented, as (uint8 images, positions in the set):
-        normalise them with ``normalize``, as ``on_after_batch_transfer`` does the training batches."""
-        positions = torch.arange(len(self.unlabeled_set))
-        return self._loader(Relabeled(self.unlabeled_set, positions, positions))
-
-    def unlabeled_labels(self) -> torch.Tensor:
-        """The unlabeled images' true classes, by position: kept only to *measure* pseudo-labels (their
-        accuracy is logged); no loader yields them, so they never reach a loss."""
-        return self.unlabeled_set.labels
-
-    def train_with_pseudo_labels(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
-        """The training set becomes the labeled subset plus the unlabeled images at ``indices`` (positions)
-        with ``labels`` (predicted classes), augmented as the training images are; empty: the labeled subset.
-        Train loaders built afterwards see it (``pseudo_label`` has the trainer rebuild them every epoch)."""
-        if not len(indices):
-            self.train_set = self.labeled_set
-            return
-        if self._pseudo_source is None:  # the unlabeled images once more only where augmented
-            self._pseudo_source = self._dataset(self._unlabeled_split, True) if self.augment else self.unlabeled_set
-        self.train_set = ConcatDataset([self.labeled_set, Relabeled(self._pseudo_source, indices, labels)])
-
     # --- checkpoint state: the position in the epoch ------------------------------------------------
     def state_dict(self) -> dict:
         """Saved in checkpoints by Lightning (and restored before the loaders are built); a finished epoch
-        counts as none done: the next one may be longer or shorter (pseudo-labels join the training set)."""
+        counts as none done: the next one may be longer or shorter (a strategy's items join the training set)."""
         if self.trainer is None:
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -345,10 +333,10 @@ class TransferDataModule(Checked, L.LightningDataModule):
         self._resume_batches = state_dict.get("batches_done", 0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self.loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """The test split; with ``target_domain`` also its shifted copy, second (``test/target_*``)."""
         if self.target_test_set is None:
-            return self._loader(self.test_set)
-        return [self._loader(self.test_set), self._loader(self.target_test_set)]
+            return self.loader(self.test_set)
+        return [self.loader(self.test_set), self.loader(self.target_test_set)]

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tlexp.data.images import to_nchw
 from tlexp.errors import InvalidValue
+from tlexp.rules import Rule
 
 ROTATE_DEGREES = 45.0
 BLUR_SIGMA = 0.08
@@ -58,6 +59,8 @@ SHIFTS = {
     "contrast": lambda images, seed: F.adjust_contrast(images, CONTRAST_FACTOR),
 }
 """name -> shift(images, seed); ``data.target_domain`` accepts these names."""
+TARGET_DOMAIN = Rule(f"null or a shift: {' | '.join(SHIFTS)}", lambda v: v is None or (isinstance(v, str) and v in SHIFTS))
+"""The rule of ``data.target_domain`` (``TransferDataModule``'s parameter)."""
 
 
 def check_shift(name: str) -> None:

@@ -67,6 +67,10 @@ class FashionMNIST(TransferDataModule):
         self.root = Path(root).expanduser() if root else None
         self.download = download
 
+    @property
+    def dataset_name(self) -> str:
+        return self.root.name if self.root else super().dataset_name
+
     def load(self):
         folder = locate(self.root, self.download)
         log.info("Fashion-MNIST from %s", folder)

@@ -56,6 +56,10 @@ class HuggingFace(TransferDataModule):
         self.split_map = dict(split_map or {})
         self.test_size = test_size
 
+    @property
+    def dataset_name(self) -> str:
+        return self.name or self.path  # the dataset's configuration, else the dataset
+
     def open(self) -> dict:
         """The dataset's splits by name."""
         datasets = datasets_library()

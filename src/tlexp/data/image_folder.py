@@ -67,6 +67,10 @@ class ImageFolder(TransferDataModule):
         self.skipped_files: list[tuple[str, str]] = []
         """(path, reason) of every file left out at setup."""
 
+    @property
+    def dataset_name(self) -> str:
+        return self.root.name if self.root else super().dataset_name
+
     def load(self):
         accepted = "a folder with <class>/ subfolders of images, or train/ and val/ folders of them"
         if self.root is None or not self.root.is_dir():

@@ -39,6 +39,7 @@ CARVE = Rule(CARVE_ACCEPTED, lambda v: v == AUTO or (number(v) and v > 0))
 """What a carved split's size (``val_size``, ``val_split``, ``test_size``) accepts; the data bound it at setup."""
 BATCH = Rule(BATCH_ACCEPTED, lambda v: v == AUTO or is_integer(v, 1))
 TEST_LIMIT = Rule(TEST_LIMIT_ACCEPTED, lambda v: v is None or v == AUTO or is_integer(v, 1))
+UNLABELED_LIMIT = Rule(UNLABELED_ACCEPTED, lambda v: v is None or v == AUTO or is_integer(v, 1))
 
 
 @dataclass(frozen=True)

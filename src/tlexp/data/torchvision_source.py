@@ -119,6 +119,10 @@ class Torchvision(TransferDataModule):
         self.options = dict(options or {})
         self.test_size = test_size
 
+    @property
+    def dataset_name(self) -> str:
+        return self.name
+
     def load(self):
         parameters = inspect.signature(self.dataset_class).parameters
         if "train" in parameters:

@@ -6,6 +6,9 @@ the backbone a gradient reversal layer passes the features on unchanged and send
 negated and scaled by ``lambda``, so the same loss that trains the classifier trains the backbone to
 confuse it. ``lambda`` ramps from 0 to ``domain_weight`` as ``2 / (1 + exp(-10 p)) - 1`` over the
 training progress ``p``, so the early, noisy domain signal does not disturb the pretrained features.
+
+The target images are the strategy's own: the ``target_domain`` copy of the data's training pool (the datamodule's
+``pool`` extra split, ``target_training_set``), drawn per step by ``TargetBatches``.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from tlexp.backbone import feature_width
-from tlexp.data.domain_shift import SHIFTS
+from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.domain_shift import SHIFTS, shift_array
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
 from tlexp.rules import WEIGHT, integer
@@ -41,6 +46,17 @@ class GradientReversal(torch.autograd.Function):
 def grl_coefficient(progress: float, maximum: float) -> float:
     """DANN's ramp: ``maximum * (2 / (1 + exp(-10 progress)) - 1)``, 0 at the start, ~``maximum`` at the end."""
     return maximum * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+def target_training_set(datamodule, target_domain: str) -> Dataset:
+    """The target domain's training images: the ``target_domain`` copy of the whole training pool (the labeled
+    fraction's images too, as in MNIST->MNIST-M; never the validation or test images), every label -1 (unlabeled),
+    augmented as the training images are."""
+    pool = datamodule.extra_split("pool") if isinstance(datamodule, TransferDataModule) else None
+    if pool is None:
+        raise RuntimeError("strategy=dann needs a tlexp datamodule with a target domain (data.target_domain)")
+    images = shift_array(pool.images, target_domain, seed=0)
+    return datamodule.make_dataset(Split(np.full(len(images), -1, dtype=np.int64), images), datamodule.augment)
 
 
 class TargetBatches:
@@ -89,13 +105,17 @@ class DANN(TransferModule):
         self.target_batches: TargetBatches | None = None
         self._target: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
+        self._target_set: tuple[object, Dataset] | None = None
+
+    def target_set(self, datamodule) -> Dataset:
+        """``datamodule``'s target training images (``target_training_set``), made once per datamodule."""
+        if self._target_set is None or self._target_set[0] is not datamodule:
+            self._target_set = (datamodule, target_training_set(datamodule, self.hparams.target_domain))
+        return self._target_set[1]
 
     def on_train_start(self):
         data = self.trainer.datamodule
-        dataset = data.target_train_dataset() if hasattr(data, "target_train_dataset") else None
-        if dataset is None:
-            raise RuntimeError("strategy=dann needs a tlexp datamodule with a target domain (data.target_domain)")
-        self.target_batches = TargetBatches(dataset, data.batch_size, data.seed, data.normalize,
+        self.target_batches = TargetBatches(self.target_set(data), data.batch_size, data.seed, data.normalize,
                                             self.global_rank, self.trainer.world_size)
 
     def training_step(self, batch, batch_idx):

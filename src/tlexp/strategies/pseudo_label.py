@@ -6,11 +6,13 @@ unlabeled set (``data.unlabeled=rest``: the training pool's other images, withou
 eval mode without augmentation; the next round trains on the labeled subset plus the images whose
 top softmax probability is >= ``threshold``, labeled with the predicted class.
 
-The training set grows between rounds, so the train loader is rebuilt when a round starts (each
-epoch's order stays a function of (seed, epoch)), and the learning-rate schedule, sized for epochs of
-the labeled subset, advances by one labeled epoch per epoch whatever its length: the same schedule
-over the epochs as ``full``, and bit for bit ``full`` in the first round. The pseudo-labels are saved
-in checkpoints, so a resumed run trains on the same ones.
+The data offers the unlabeled images (its ``unlabeled`` extra split); the strategy owns what it does with
+them (``UnlabeledImages``): the loader it predicts them by, the hidden labels it measures by, the picked
+images it adds to the training epochs (``datamodule.train_also_on``). The training set grows between rounds,
+so the train loader is rebuilt when a round starts (each epoch's order stays a function of (seed, epoch)),
+and the learning-rate schedule, sized for epochs of the labeled subset, advances by one labeled epoch per
+epoch whatever its length: the same schedule over the epochs as ``full``, and bit for bit ``full`` in the
+first round. The pseudo-labels are saved in checkpoints, so a resumed run trains on the same ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Annotated
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset
 
+from tlexp.data.base import TransferDataModule
 from tlexp.errors import InvalidValue
 from tlexp.inference import inference_pass
 from tlexp.module import TransferModule
@@ -36,21 +40,78 @@ def no_pseudo_labels() -> dict:
     return {"round": 0, "indices": torch.empty(0, dtype=torch.long), "labels": torch.empty(0, dtype=torch.long)}
 
 
+class Relabeled(Dataset):
+    """Items ``indices`` of ``dataset`` with ``targets`` in place of their labels, which are never read:
+    the unlabeled set yields its own positions, the pseudo-labeled set the predicted classes."""
+
+    def __init__(self, dataset, indices: torch.Tensor, targets: torch.Tensor):
+        self.dataset, self.indices, self.targets = dataset, indices, targets
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.indices[index])][0], self.targets[index]
+
+
+class UnlabeledImages:
+    """A datamodule's unlabeled images (its ``unlabeled`` extra split, ``data.unlabeled=rest``) as self-training uses
+    them: ``loader`` to predict them by, ``labels`` to measure the predictions by, ``picked`` to train on."""
+
+    def __init__(self, datamodule):
+        split = datamodule.extra_split("unlabeled") if isinstance(datamodule, TransferDataModule) else None
+        if split is None:
+            raise InvalidValue("unlabeled", getattr(datamodule, "unlabeled", None), "rest",
+                               "strategy pseudo_label needs a tlexp datamodule with unlabeled images: data.unlabeled=rest")
+        self.datamodule, self.split = datamodule, split
+        self.dataset = datamodule.make_dataset(split)  # predicted as they are: not augmented
+        self._augmented = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def loader(self) -> DataLoader:
+        """The images in a fixed order, not augmented, as (uint8 images, positions in the set): normalise them with
+        the datamodule's ``normalize``, as ``on_after_batch_transfer`` does the training batches."""
+        positions = torch.arange(len(self.dataset))
+        return self.datamodule.loader(Relabeled(self.dataset, positions, positions))
+
+    def labels(self) -> torch.Tensor:
+        """Their true classes, by position: kept only to *measure* pseudo-labels (their accuracy is logged); no
+        loader yields them, so they never reach a loss."""
+        return self.dataset.labels
+
+    def picked(self, indices: torch.Tensor, labels: torch.Tensor) -> Dataset | None:
+        """The images at ``indices`` (positions) with ``labels`` (predicted classes), augmented as the training images
+        are; None when there are none."""
+        if not len(indices):
+            return None
+        if self._augmented is None:  # the unlabeled images once more only where augmented
+            self._augmented = self.datamodule.make_dataset(self.split, True) if self.datamodule.augment else self.dataset
+        return Relabeled(self._augmented, indices, labels)
+
+
 class PseudoLabel(TransferModule):
     """Trains like ``full``; ``rounds`` rounds over ``trainer.max_epochs``, the unlabeled images predicted
     with probability >= ``threshold`` added with their predicted class after each round but the last.
 
     ``pseudo``: {"round": the round these labels were made for, "indices": positions in the datamodule's
-    unlabeled set, "labels": their predicted classes}."""
+    unlabeled images (``UnlabeledImages``), "labels": their predicted classes}."""
 
-    uses_unlabeled_data = True
-    """The entry point builds the data with ``data.unlabeled=rest`` when ``data.unlabeled`` is null."""
+    data_defaults = {"unlabeled": "rest"}
 
     def __init__(self, *args, rounds: Annotated[int, integer(1, ROUNDS)] = 2,
                  threshold: Annotated[float, Rule("a softmax probability in [0, 1]", lambda v: number(v) and 0 <= v <= 1)] = 0.9,
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.pseudo = no_pseudo_labels()
+        self._unlabeled: UnlabeledImages | None = None
+
+    def unlabeled(self, datamodule) -> UnlabeledImages:
+        """``datamodule``'s unlabeled images, made once per datamodule (``InvalidValue`` naming ``unlabeled`` without any)."""
+        if self._unlabeled is None or self._unlabeled.datamodule is not datamodule:
+            self._unlabeled = UnlabeledImages(datamodule)
+        return self._unlabeled
 
     def configure_callbacks(self):
         return [*super().configure_callbacks(), PseudoLabeling()]
@@ -65,7 +126,7 @@ class PseudoLabel(TransferModule):
         those two numbers per image are kept, so memory does not grow with the unlabeled set beyond them."""
         confidence, predicted = [], []
         with inference_pass(self):  # also when called inside validation: plain tensors out
-            for images, _ in datamodule.unlabeled_dataloader():
+            for images, _ in self.unlabeled(datamodule).loader():
                 top = self(datamodule.normalize(images.to(self.device))).softmax(1).max(1)
                 confidence.append(top.values.cpu())
                 predicted.append(top.indices.cpu())
@@ -78,7 +139,12 @@ class PseudoLabel(TransferModule):
         confidence, predicted = self.predict_unlabeled(datamodule)
         indices = torch.nonzero(confidence >= self.hparams.threshold).flatten()
         self.pseudo = {"round": next_round, "indices": indices, "labels": predicted[indices]}
-        datamodule.train_with_pseudo_labels(indices, self.pseudo["labels"])
+        self.train_on_pseudo_labels(datamodule)
+
+    def train_on_pseudo_labels(self, datamodule) -> None:
+        """The training epochs: the labeled subset plus the images ``pseudo`` picks, with their labels (Lightning
+        builds the train loader again where ``PseudoLabeling`` says so)."""
+        datamodule.train_also_on(self.unlabeled(datamodule).picked(self.pseudo["indices"], self.pseudo["labels"]))
 
     def pseudo_metrics(self, datamodule) -> dict[str, float]:
         """``pseudo/count``, ``pseudo/threshold``, ``pseudo/round`` and, when there are any, ``pseudo/accuracy``:
@@ -87,7 +153,7 @@ class PseudoLabel(TransferModule):
         metrics = {"pseudo/count": float(len(indices)), "pseudo/threshold": float(self.hparams.threshold),
                    "pseudo/round": float(self.pseudo["round"])}
         if len(indices):
-            metrics["pseudo/accuracy"] = (datamodule.unlabeled_labels()[indices] == labels).float().mean().item()
+            metrics["pseudo/accuracy"] = (self.unlabeled(datamodule).labels()[indices] == labels).float().mean().item()
         return metrics
 
     def lr_scheduler_step(self, scheduler, metric):
@@ -96,7 +162,7 @@ class PseudoLabel(TransferModule):
         the epochs as the training set grows (counted from the sets' sizes, so also in a resumed partial epoch)."""
         datamodule, world = self.trainer.datamodule, self.trainer.world_size
         batches = [math.ceil(math.ceil(len(data) / world) / datamodule.batch_size)
-                   for data in (datamodule.labeled_set, datamodule.train_set)]
+                   for data in (datamodule.train_set, datamodule.training_set())]
         scheduler.last_epoch += batches[0] / batches[1] - 1
         scheduler.step()
 
@@ -114,15 +180,12 @@ class PseudoLabeling(Callback):
     def setup(self, trainer, pl_module, stage):
         if stage != "fit":
             return
-        datamodule = trainer.datamodule
-        if getattr(datamodule, "unlabeled_set", None) is None:
-            raise InvalidValue("unlabeled", getattr(datamodule, "unlabeled", None), "rest",
-                               "strategy pseudo_label needs a tlexp datamodule with unlabeled images: data.unlabeled=rest")
+        pl_module.unlabeled(trainer.datamodule)  # refused here, before training, where there are none
         if pl_module.hparams.rounds > trainer.max_epochs:
             raise InvalidValue("rounds", pl_module.hparams.rounds, ROUNDS, f"trainer.max_epochs={trainer.max_epochs}")
 
     def on_fit_start(self, trainer, pl_module):
-        trainer.datamodule.train_with_pseudo_labels(pl_module.pseudo["indices"], pl_module.pseudo["labels"])
+        pl_module.train_on_pseudo_labels(trainer.datamodule)
 
     def _round_ends(self, trainer, pl_module) -> bool:
         """Whether every batch of the current epoch has trained and it is the last epoch of a round with a next one."""
