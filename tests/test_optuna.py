@@ -116,3 +116,29 @@ def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == SHARED | OWN["gradual"] and best["trials"] == 3
     assert best["best_value"] == pytest.approx(max(r["val_acc_best"] for r in records.values()))
+
+
+def _open_storage(url: str, queue) -> None:
+    from tlexp import study
+
+    try:
+        study.storage(url)
+        queue.put("ok")
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        queue.put(f"{type(error).__name__}: {error}")
+
+
+def test_workers_creating_one_new_database_at_once_all_open_it(tmp_path):
+    """Three workers starting one race on a fresh SQLite file: without retrying, one of them dies on the schema's
+    version row (IntegrityError) or a locked database; every one must open it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    workers = [context.Process(target=_open_storage, args=(url, queue)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [queue.get(timeout=5) for _ in workers] == ["ok"] * 3
