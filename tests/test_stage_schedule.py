@@ -93,7 +93,7 @@ def test_gradual_defaults_give_the_same_schedule_on_5_6_and_8_stages(count, max_
 @pytest.mark.parametrize("strategy", ("discriminative", "reinit"))
 @pytest.mark.parametrize("count", sorted(MODELS))
 def test_discriminative_rates_span_lr_ratio_on_any_stage_count(strategy, count):
-    module = build_strategy(f"strategy={strategy}", *MODELS[count], "strategy.lr_ratio=0.02")
+    module = build_strategy(f"strategy={strategy}", *MODELS[count], "strategy.lr_ratio=0.02", "strategy.lr_backbone=1e-4")
     rates = [module.plan.base_lrs[name] for name in module.plan.backbone_stages]
     assert len(rates) == count and rates == sorted(rates)
     assert rates[-1] == 1e-4 and rates[0] == pytest.approx(2e-6, rel=1e-12)
@@ -101,7 +101,7 @@ def test_discriminative_rates_span_lr_ratio_on_any_stage_count(strategy, count):
 
 def test_the_per_stage_keys_take_precedence():
     """unfreeze_every over unfreeze_by, milestones over both, lr_decay over lr_ratio."""
-    every = build_strategy("strategy=gradual", "strategy.unfreeze_every=2", "strategy.lr_decay=0.5").plan
+    every = build_strategy("strategy=gradual", "strategy.unfreeze_every=2", "strategy.lr_decay=0.5", "strategy.lr_backbone=1e-4").plan
     assert [every.start[s] for s in reversed(every.backbone_stages)] == [2, 4, 6, 8, 10, 12]
     assert [every.base_lrs[s] for s in reversed(every.backbone_stages)] == [1e-4 * 0.5**k for k in range(6)]
     named = build_strategy("strategy=gradual", "strategy.unfreeze_every=2", "strategy.milestones={blocks.4:1}").plan
@@ -137,7 +137,7 @@ def test_bad_schedule_values_name_the_key(override, key):
 def test_run_record_holds_the_plan(tmp_path, run_task):
     """The run's record (result.json): the unfreeze epochs and rates the plan computed from the run's length and stage count."""
     record = run_task(tmp_path, "strategy=gradual", "model=timm", "model.name=test_resnet", "trainer.max_epochs=8",
-                      "strategy.unfreeze_by=0.5", "strategy.lr_ratio=0.001", "train=false", "test=false")
+                      "strategy.unfreeze_by=0.5", "strategy.lr_ratio=0.001", "strategy.lr_backbone=1e-4", "train=false", "test=false")
     assert record["unfreeze_epochs"] == {"stem": 4, "layer1": 4, "layer2": 3, "layer3": 2, "layer4": 1, "head": 0}
     assert record["lr_ratio"] == 0.001 and record["lr_decay"] is None  # a None field is left out of result.json
     rates = record["stage_lrs"]

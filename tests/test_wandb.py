@@ -46,7 +46,7 @@ def test_offline_run_in_run_dir(wandb_run):
 def test_config_is_nested(wandb_run):
     _, summary = wandb_run
     config = summary["config"]
-    assert config["strategy"]["lr_head"] == pytest.approx(1e-2)
+    assert config["strategy"]["lr_head"] == pytest.approx(5e-4)  # gradual's (conf/strategy/_fine_tuning_rates.yaml)
     assert config["strategy"]["_target_"] == "tlexp.strategies.Gradual"
     assert config["data"]["fraction"] == 0.5
     assert config["model"]["name"] == "test_efficientnet"
@@ -54,7 +54,7 @@ def test_config_is_nested(wandb_run):
     derived = config["derived"]
     assert derived["frozen_depth"] == 6 and derived["num_stages"] == 6
     assert 0 < derived["params_trainable"] < derived["params_total"]
-    assert derived["stage_lrs"]["head"] == pytest.approx(1e-2)
+    assert derived["stage_lrs"]["head"] == pytest.approx(5e-4)
     assert derived["unfreeze_epochs"]["head"] == 0
 
 
