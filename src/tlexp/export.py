@@ -30,7 +30,7 @@ from tlexp.heads import build_head
 from tlexp.resume import CHECKPOINT_DIR
 from tlexp.results import read_result
 from tlexp.strategies.lora import merge
-from tlexp.train import target_name
+from tlexp.strategies import target_name
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
 

@@ -32,23 +32,11 @@ from tlexp.feature_cache import callbacks_for as cache_callbacks
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
 from tlexp.results import DONE_STATUSES, RunRecord, Status, read_result, write_result
-from tlexp.strategies import STRATEGIES
+from tlexp.strategies import strategy_name, target_name
 from tlexp.trusted_files import refusal
 
 log = logging.getLogger("tlexp")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def strategy_name(cls: type) -> str:
-    """A strategy class's name in ``STRATEGIES`` (``PseudoLabel`` -> ``pseudo_label``); another class: its name in lower case."""
-    return next((short for short, registered in STRATEGIES.items() if registered is cls), cls.__name__.lower())
-
-
-def target_name(node: DictConfig) -> str:
-    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class, as ``strategy_name``, from
-    the text alone (also for a ``_target_`` that does not import)."""
-    name = node._target_.rsplit(".", 1)[-1]
-    return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
 
 def job_identity(cfg: DictConfig) -> tuple[str, str | None, bool]:

@@ -1,6 +1,7 @@
 """LightningDataModules: one per data source, all on ``TransferDataModule``."""
 
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.digits import Digits
 from tlexp.data.fashion_mnist import FashionMNIST
 from tlexp.data.hf import HuggingFace

@@ -3,11 +3,9 @@
 Sizes set to ``auto`` (the configs' defaults) follow the data's size (``tlexp.data.sizes``); what they chose is
 logged once and kept in ``indices["auto"]`` (``subset_indices.json``).
 
-Subclasses only say where the images come from (``load``). Preprocessing follows the
-backbone's timm data config (mean, std, interpolation); only the image size is ours. The
-splits are resized with the model's interpolation, so preprocessing must be known before
-they are built: ``prepare_for(backbone)`` does both in that order, and ``setup`` refuses to
-run before it.
+Subclasses only say where the images come from (``load``). Preprocessing follows the backbone's timm data config
+(mean, std, interpolation); only the image size is ours. The splits are resized with the model's interpolation, so
+preprocessing must be known before they are built: ``prepare_for(backbone)`` does both in that order.
 
 Besides the labeled splits the data offers, one way for all, what a strategy may take: ``extra_split(name)``
 (``EXTRA_SPLITS``: the training pool with a target domain, the unlabeled images), as loaded; ``make_dataset``
@@ -20,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -31,11 +27,12 @@ import numpy as np
 import timm.data
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from tlexp.data import sizes
 from tlexp.data.domain_shift import TARGET_DOMAIN, shift_array
 from tlexp.data.images import FileImages, TensorImages, resized
+from tlexp.data.loading import EpochSampler, Split, auto_workers
 from tlexp.data.sizes import AUTO
 from tlexp.data.subset import stratified_fraction, stratified_split
 from tlexp.errors import InvalidValue
@@ -52,48 +49,12 @@ EXTRA_SPLITS = {
                  "of them (a seeded draw), in the target_domain where there is one; their labels only to measure by",
 }
 """The splits besides the labeled ones that ``extra_split`` offers, by name."""
-
-
-@dataclass
-class Split:
-    """Labels plus either an in-memory uint8 image array or a list of image files."""
-
-    labels: np.ndarray
-    images: np.ndarray | None = None
-    paths: list[Path] | None = None
-
-    def take(self, indices: np.ndarray) -> Split:
-        return Split(self.labels[indices], None if self.images is None else self.images[indices],
-                     None if self.paths is None else [self.paths[i] for i in indices])
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler's seeded per-epoch order; its next epoch can start ``skip`` indices in
-    (the images an interrupted epoch already trained on, after a mid-epoch resume)."""
-
-    skip = 0
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
-        return iter(indices[skip:])
-
-
-def decodes_files(dataset) -> bool:
-    """Whether ``dataset`` (or one it wraps: concatenated, relabeled) decodes image files per item."""
-    if isinstance(dataset, FileImages):
-        return True
-    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
-    return any(d is not None and decodes_files(d) for d in inner)
-
-
 FRACTION = Rule("a number in (0, 1]", lambda v: number(v) and 0 < v <= 1)
 NUM_WORKERS = Rule("auto or an integer >= 0", lambda v: v == "auto" or is_integer(v, 0))
 
 
 class TransferDataModule(Checked, L.LightningDataModule):
-    """A parameter's annotation declares what it accepts (``tlexp.rules``): checked in the config before anything is
-    built, and here before ``__init__`` runs."""
+    """Each parameter's annotation says what it accepts (``tlexp.rules``: checked by the config and before ``__init__``)."""
 
     val_key = "val_size"
     """The parameter (config key) that sizes the validation carve."""
@@ -292,11 +253,8 @@ class TransferDataModule(Checked, L.LightningDataModule):
 
     # --- loaders ----------------------------------------------------------------------------------
     def workers(self, dataset) -> int:
-        """``num_workers``, or under ``auto``: one DataLoader worker per core but one (at most 8) for a dataset
-        decoded from files, and none for tensors in memory (workers would only add copying)."""
-        if self.num_workers != "auto":
-            return self.num_workers
-        return min(8, max(1, (os.cpu_count() or 2) - 1)) if decodes_files(dataset) else 0
+        """``num_workers``, or under ``auto`` the count ``loading.auto_workers`` chooses for ``dataset``."""
+        return self.num_workers if self.num_workers != "auto" else auto_workers(dataset)
 
     def loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         """A loader of ``dataset`` like the splits' (any dataset: a strategy's too): the run's batch size, in order or

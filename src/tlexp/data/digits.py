@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from tlexp.data import sizes
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.sizes import AUTO
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.errors import InvalidValue
 
 log = logging.getLogger(__name__)

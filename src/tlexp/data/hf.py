@@ -20,7 +20,8 @@ from typing import Annotated
 import numpy as np
 
 from tlexp.data import sizes
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.images import load_rgb
 from tlexp.data.sizes import AUTO
 from tlexp.data.torchvision_source import arrange, labelled, square_array

@@ -17,7 +17,8 @@ from typing import Annotated
 import numpy as np
 
 from tlexp.data import sizes
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.file_check import decode_failures, not_an_image
 from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue

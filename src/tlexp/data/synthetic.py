@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tlexp.data import sizes
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 
 
 def make_images(num_classes: int, per_class: int, size: int, noise: float, rng: np.random.Generator,

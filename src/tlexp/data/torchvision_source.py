@@ -43,7 +43,8 @@ import torchvision.datasets
 from PIL import Image, ImageOps
 
 from tlexp.data import sizes
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.sizes import AUTO
 from tlexp.errors import InvalidValue
 

@@ -25,5 +25,17 @@ STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Fu
 """name -> class, from the least to the most adapted backbone; the order the report draws them in. A name is
 its class's in lower case, or given where that would not read (``pseudo_label``)."""
 
+
+def strategy_name(cls: type) -> str:
+    """A strategy class's name in ``STRATEGIES`` (``PseudoLabel`` -> ``pseudo_label``); another class: its name in lower case."""
+    return next((short for short, registered in STRATEGIES.items() if registered is cls), cls.__name__.lower())
+
+
+def target_name(node) -> str:
+    """``tlexp.strategies.Gradual`` -> ``gradual``: the short name of a config node's class, as ``strategy_name``, from
+    the text alone (also for a ``_target_`` that does not import)."""
+    name = node._target_.rsplit(".", 1)[-1]
+    return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
+
 __all__ = ["DANN", "L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
-           "PseudoLabel", "Reinit", "Scratch"]
+           "PseudoLabel", "Reinit", "Scratch", "strategy_name", "target_name"]

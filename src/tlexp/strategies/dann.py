@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tlexp.backbone import feature_width
-from tlexp.data.base import Split, TransferDataModule
+from tlexp.data.base import TransferDataModule
+from tlexp.data.loading import Split
 from tlexp.data.domain_shift import SHIFTS, shift_array
 from tlexp.errors import InvalidValue
 from tlexp.module import TransferModule
