@@ -1,9 +1,11 @@
 """tlexp-advise, measured: the divergence is zero where the target statistics are the source's, the
-decision table's rows map to tlexp settings, and a run on the tiny model prints, writes and logs its advice."""
+decision table's rows map to tlexp settings, and a run on the tiny model prints, writes and logs its advice (with the
+transferability scores beside the probe)."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -64,5 +66,10 @@ def test_advise_prints_writes_and_logs(tmp_path):
     assert "recommended: python train.py strategy=" in out.stdout and "linear probe: pretrained features" in out.stdout
     advice = json.loads((tmp_path / "advice.json").read_text())
     assert advice["figures"]["train_size"] > 0 and set(advice["figures"]["domain_distance"]) >= {"stem"}
+    assert "LogME (evidence, not the decision): pretrained" in out.stdout and "k-NN probe" in out.stdout
+    scores = ("logme_pretrained", "logme_random", "knn_acc_pretrained", "knn_acc_random")
+    assert all(math.isfinite(advice["figures"][key]) for key in scores)
+    assert all(0 <= advice["figures"][key] <= 1 for key in scores[2:])
     summary = wandb_summary(next(tmp_path.glob("wandb/offline-run-*")))["summary"]
     assert summary["advise/probe_acc_pretrained"] == pytest.approx(advice["figures"]["probe_acc_pretrained"])
+    assert all(summary[f"advise/{key}"] == pytest.approx(advice["figures"][key]) for key in scores)

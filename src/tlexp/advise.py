@@ -6,6 +6,9 @@ subset (``data.fraction``) and the validation split:
 - labeled images, in all and per class;
 - a linear probe (logistic regression) on the pretrained backbone's pooled features against the same probe
   on a randomly initialised backbone's: how much the pretrained features already know (``probe_gain``);
+- beside it, on the same features, two transferability scores (``transferability.py``), reported as evidence,
+  not used by the decision: LogME on the training features and a k-NN probe's validation accuracy, each for the
+  pretrained and the random backbone;
 - a source-free domain distance per stage: the symmetric KL divergence between the target images'
   per-channel statistics at each BatchNorm input and that layer's running statistics (which summarise
   the source data), averaged over channels and over the stage's BatchNorm layers;
@@ -35,6 +38,7 @@ from tlexp.inference import inference_pass
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.stages import HEAD, split_stages
 from tlexp.train import CONFIG_DIR
+from tlexp.transferability import KNN_NEIGHBOURS, knn_accuracy, logme
 
 log = logging.getLogger("tlexp")
 
@@ -139,6 +143,9 @@ def measure(cfg: DictConfig) -> dict:
     features = {name: [compute_features(net, split, datamodule.normalize) for split in (datamodule.train_set, datamodule.val_set)]
                 for name, net in (("pretrained", backbone), ("random", random))}
     probe = {name: probe_accuracy(*splits, seed=cfg.seed) for name, splits in features.items()}
+    scores = {name: {"logme": logme(train[0].numpy(), train[1].numpy()),
+                     "knn": knn_accuracy((train[0].numpy(), train[1].numpy()), (val[0].numpy(), val[1].numpy()))}
+              for name, (train, val) in features.items()}
     count = min(STATISTICS_IMAGES, len(datamodule.train_set))
     images = datamodule.normalize(torch.stack([torch.as_tensor(datamodule.train_set[i][0]) for i in range(count)]))
     distance = domain_distance(backbone, images)
@@ -146,7 +153,10 @@ def measure(cfg: DictConfig) -> dict:
     figures = {"train_size": int(len(labels)), "num_classes": datamodule.num_classes,
                "images_per_class": {"min": int(per_class.min()), "median": float(np.median(per_class)), "max": int(per_class.max())},
                "probe_acc_pretrained": probe["pretrained"], "probe_acc_random": probe["random"],
-               "probe_gain": probe["pretrained"] - probe["random"], "domain_distance": distance}
+               "probe_gain": probe["pretrained"] - probe["random"],
+               "logme_pretrained": scores["pretrained"]["logme"], "logme_random": scores["random"]["logme"],
+               "knn_acc_pretrained": scores["pretrained"]["knn"], "knn_acc_random": scores["random"]["knn"],
+               "knn_neighbours": min(KNN_NEIGHBOURS, len(labels)), "domain_distance": distance}
     return {"model": cfg.model.name, "dataset": str(cfg.data.get("name") or type(datamodule).__name__),
             "figures": figures, "recommendation": recommend(len(labels), figures["probe_gain"], probe["pretrained"], stage_names)}
 
@@ -160,6 +170,11 @@ def describe(advice: dict) -> str:
         f"  labeled images: {f['train_size']} in {f['num_classes']} classes ({per_class['min']}-{per_class['max']} per class)",
         f"  linear probe: pretrained features {f['probe_acc_pretrained']:.3f}, random features {f['probe_acc_random']:.3f} "
         f"(gain {f['probe_gain']:+.3f})",
+        f"  LogME (evidence, not the decision): pretrained {f['logme_pretrained']:.3f}, random {f['logme_random']:.3f}; "
+        "log evidence per sample of a Bayesian linear model of the labels on the features: higher = features more "
+        "linearly predictive of the labels, comparable between models or features on the same data, not an accuracy",
+        f"  k-NN probe (evidence, not the decision; k={f['knn_neighbours']}, standardised features, validation accuracy): "
+        f"pretrained features {f['knn_acc_pretrained']:.3f}, random features {f['knn_acc_random']:.3f}",
         f"  domain distance per stage (symmetric KL at BatchNorm inputs): {distance}",
         f"  -> {r['rule']}",
         f"  recommended: python train.py {' '.join(r['overrides'])}  (head rate {r['lr_head']:g}, backbone rate "

@@ -18,7 +18,7 @@ alpha and beta are maximised by the paper's fixed-point iteration (MacKay's): ``
 sigma)``, ``alpha <- gamma / ||m||^2``, ``beta <- (n - gamma) / ||F m - y||^2``, from alpha = beta = 1, here run until
 alpha and beta change by less than ``tol`` (relative) rather than the paper's code's 11 steps, so it ends at a stationary
 point. LogME is ``L / n`` at the maximum, averaged over the classes' columns. Higher means the features predict the
-labels better with a linear model; it is a log density per sample (it can be negative, any magnitude), comparable
+labels better with a linear model; it is a log density per sample (either sign, any magnitude), comparable
 between models or features on the same data and labels, not an accuracy. Scaling all features by one factor leaves it
 unchanged (alpha absorbs it); the features are used as they are, as in the paper.
 """
