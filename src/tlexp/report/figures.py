@@ -9,13 +9,17 @@ from tlexp.report.tables import Table, compares_depths
 from tlexp.results import Job
 
 
+PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo"]
+"""matplotlib's ten default colours and three more, so that all thirteen strategies differ in one figure."""
+
+
 def _colors(names) -> dict[str, str]:
     """A strategy keeps its colour in every figure and report: its place in the registry picks it. Where
     some strategy has several series (settings that differ), the series take the colours in turn."""
-    palette, known, names = [f"C{i}" for i in range(10)], known_strategies(), strategy_order(names)
+    palette, known, names = PALETTE, known_strategies(), strategy_order(names)
     if any(" (" in name for name in names):
-        return {name: palette[i % 10] for i, name in enumerate(names)}
-    return {s: palette[(known.index(s) if s in known else len(known) + i) % 10] for i, s in enumerate(names)}
+        return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    return {s: palette[(known.index(s) if s in known else len(known) + i) % len(palette)] for i, s in enumerate(names)}
 
 
 def _figure(ncols: int, width: float = 5.5, height: float = 4.0):
@@ -54,25 +58,31 @@ def plot_race(curves: dict, fraction: float, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+SEARCH_COLUMNS = 4
+"""Panels per row of the search figure: a race of many strategies wraps onto more rows instead of growing wide."""
+
+
 def plot_search(cells: list[dict], path: Path) -> Path | None:
     """Each strategy's search (race.json): every trial's val/acc per epoch placed over its time span in the
-    search, pruned trials grey and ending in an x, the best trial bold; one row per cell, one panel per strategy."""
+    search, pruned trials grey and ending in an x, the best trial bold; per cell rows of at most ``SEARCH_COLUMNS``
+    panels, one per strategy."""
     rows = [(cell["cell"], e) for cell in cells for e in cell["strategies"]]
     if not any(e.get("trials") for _, e in rows):
         return None
     from matplotlib.figure import Figure
 
-    ncols = max(len(cell["strategies"]) for cell in cells)
-    figure = Figure(figsize=(3.2 * ncols, 2.8 * len(cells)), layout="constrained")
-    axes = figure.subplots(len(cells), ncols, squeeze=False, sharey=True)
+    ncols = min(SEARCH_COLUMNS, max(len(cell["strategies"]) for cell in cells))
+    lines = [(cell, cell["strategies"][k:k + ncols]) for cell in cells for k in range(0, len(cell["strategies"]), ncols)]
+    figure = Figure(figsize=(3.2 * ncols, 2.8 * len(lines)), layout="constrained")
+    axes = figure.subplots(len(lines), ncols, squeeze=False, sharey=True)
     colors = _colors([e["strategy"] for _, e in rows])
-    for r, cell in enumerate(cells):
+    for r, (cell, entries) in enumerate(lines):
         for c in range(ncols):
             ax = axes[r][c]
-            if c >= len(cell["strategies"]):
+            if c >= len(entries):
                 ax.set_visible(False)
                 continue
-            e = cell["strategies"][c]
+            e = entries[c]
             for trial in e.get("trials") or []:
                 values, start, end = trial["values"], trial["start"], trial["end"]
                 if not values or end is None:
