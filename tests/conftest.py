@@ -3,6 +3,12 @@ run, one strategy sweep.
 
 Everything runs on CPU with ``model=tiny data=synthetic`` (a ~0.1 M parameter timm EfficientNet on
 small generated images), so a train.py subprocess costs ~10-20 s, mostly imports.
+
+The suite runs on pytest-xdist workers (``-n auto --dist loadgroup`` in pyproject.toml; ``-n 0``: serially). Each
+worker, and every process it starts, gets its share of the cores as torch threads (``OMP_NUM_THREADS``: several
+threads per process on a shared CPU make these tiny runs many times slower); the session fixtures that train are
+computed once for all workers (``once_per_suite``), and the tests that read ``strategy_sweep`` run on one worker
+(``xdist_group``), so that no worker waits for another's sweep.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,6 +47,50 @@ TINY = ("model=tiny", "data=synthetic", "logger=csv", "trainer.max_epochs=2", "t
 
 STRATEGIES = tuple(STRATEGY_REGISTRY)
 SWEEP_FRACTION = 0.5
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+"""This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+ONE_WORKER_FIXTURES = ("strategy_sweep",)
+"""Session fixtures whose tests form one xdist group: one worker computes the fixture and runs them all."""
+
+
+def pytest_configure(config):
+    """Under xdist, each worker and the processes it starts (``OMP_NUM_THREADS``) take their share of the cores
+    as torch threads, unless OMP_NUM_THREADS is set already."""
+    if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    if WORKER is not None and getattr(config.option, "loadgroup", False):
+        config.pluginmanager.register(GroupSuffix(), "tlexp-xdist-group-suffix")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in ONE_WORKER_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
+class GroupSuffix:
+    """--dist=loadgroup learns a test's group from its node id, ``<id>@<group>``, which xdist's worker writes to
+    ``item._nodeid``; pytest 9.2 keeps node ids in ``item._id`` (a NodeId) instead, so xdist 3.8's suffix is lost and
+    the groups silently spread over all workers (pytest-dev/pytest-xdist#1386). After xdist's hook, this writes the
+    suffix where this pytest reads it, where it is missing."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        for item in items:
+            groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                             for mark in item.iter_markers("xdist_group")})
+            suffix = f"@{'_'.join(groups)}"
+            if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(item.nodeid + suffix)
 
 
 def override_key(override: str) -> str:
@@ -82,7 +135,8 @@ def cfg(base_cfg, tmp_path):
 def subprocess_env(**changes) -> dict:
     """The test environment for a child: W&B offline; a value of None removes a variable."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    for inherited in ("PYTEST_CURRENT_TEST", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+    # MASTER_PORT: a DDP child picks a free port of its own (Lightning), so that DDP runs on two workers never share one
+    for inherited in ("PYTEST_CURRENT_TEST", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MASTER_PORT", "STANDALONE_PORT"):
         env.pop(inherited, None)
     for key, value in changes.items():
         if value is None:
@@ -230,27 +284,42 @@ def metric_columns(run_dir) -> list[str]:
         return next(csv.reader(handle))
 
 
-@pytest.fixture(scope="session")
-def teacher_run(tmp_path_factory):
-    """A finished tiny run (1 epoch of strategy=full on synthetic data): a teacher for strategy=distill.
-    Trained in this process (``call_main``), so the tests that only need a teacher start no train.py."""
-    run_dir = tmp_path_factory.mktemp("teacher")
+def once_per_suite(tmp_path_factory, name: str, compute):
+    """``compute(directory)`` once for the whole test session, its result as JSON holds it (lists, dicts, strings).
+
+    In a serial run, in a new temporary directory. Under pytest-xdist, the first worker to ask computes it in a
+    directory all workers share (beside their own base temporary directories) while the others wait on a file lock,
+    then read its result; a computation that raised is tried again by the next worker that asks."""
+    if WORKER is None:
+        return json.loads(json.dumps(compute(tmp_path_factory.mktemp(name))))
+    shared = tmp_path_factory.getbasetemp().parent
+    record = shared / f"{name}.json"
+    with FileLock(f"{record}.lock"):
+        if not record.is_file():
+            directory = shared / name
+            shutil.rmtree(directory, ignore_errors=True)  # what a computation that raised left
+            directory.mkdir()
+            record.write_text(json.dumps(compute(directory)))
+        return json.loads(record.read_text())
+
+
+def _teacher(run_dir: Path) -> str:
     with pytest.MonkeyPatch.context() as monkeypatch:
         code, output = call_main(monkeypatch, run_dir, "strategy=full", "trainer.max_epochs=1")
     if code != 0:
         pytest.fail(f"train.py strategy=full trainer.max_epochs=1 (in-process) exited {code}:\n{output[-6000:]}")
-    return run_dir
+    return str(run_dir)
 
 
 @pytest.fixture(scope="session")
-def strategy_sweep(tmp_path_factory):
-    """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
-    tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step; then ``distill``,
-    whose teacher is that sweep's ``full`` run, and ``dann`` with ``data.target_domain=invert``.
+def teacher_run(tmp_path_factory):
+    """A finished tiny run (1 epoch of strategy=full on synthetic data): a teacher for strategy=distill.
+    Trained in this process (``call_main``), so the tests that only need a teacher start no train.py.
+    Read-only: every worker's tests share it."""
+    return Path(once_per_suite(tmp_path_factory, "teacher", _teacher))
 
-    Returns (CompletedProcess of the sweep, or of distill where the sweep passed, {strategy: run dir}).
-    """
-    sweep_dir = tmp_path_factory.mktemp("strategy_sweep")
+
+def _strategy_sweep(sweep_dir: Path) -> dict:
     common = (f"data.fraction={SWEEP_FRACTION}", "trainer.log_every_n_steps=1")
     alone = {"distill": None, "dann": "data.target_domain=invert"}  # need a teacher run, a target domain
     swept = [name for name in STRATEGIES if name not in alone]
@@ -262,4 +331,20 @@ def strategy_sweep(tmp_path_factory):
         if result.returncode == 0:
             result = run_train(sweep_dir / name, f"strategy={name}", setting, *common, check=False)
     runs.update({read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")})
-    return result, runs
+    return {"args": result.args, "returncode": result.returncode, "stdout": result.stdout,
+            "runs": {name: str(path) for name, path in runs.items()}}
+
+
+@pytest.fixture(scope="session")
+def strategy_sweep(tmp_path_factory):
+    """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
+    tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step; then ``distill``,
+    whose teacher is that sweep's ``full`` run, and ``dann`` with ``data.target_domain=invert``.
+
+    Returns (CompletedProcess of the sweep, or of distill where the sweep passed, {strategy: run dir}). The run
+    directories are read-only: tests that read one leave it as the sweep wrote it (a test that trains or writes
+    copies it first), so that the tests reading the sweep may run in any order.
+    """
+    done = once_per_suite(tmp_path_factory, "strategy_sweep", _strategy_sweep)
+    result = subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"])
+    return result, {name: Path(path) for name, path in done["runs"].items()}

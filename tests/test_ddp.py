@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["model=tiny", "data=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3",
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 def train(*args, cwd=ROOT, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, timeout=timeout,
+    """train.py in a child whose DDP ranks agree on a free port of their own (``subprocess_env``: no inherited MASTER_PORT)."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=subprocess_env(), timeout=timeout,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
 
 
