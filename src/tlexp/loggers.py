@@ -63,8 +63,10 @@ def wandb_base_url() -> str:
 def probe_wandb_server(base_url: str, timeout: float) -> str | None:
     """None when the server answers ``GET <base_url>/healthz`` within ``timeout`` seconds (any HTTP status
     counts), else why not. The request runs in a daemon thread, so that nothing, not even a DNS lookup,
-    keeps the caller waiting longer than ``timeout``."""
+    keeps the caller waiting longer than ``timeout``. A timeout reads the same whichever of the two clocks
+    (the request's socket, the wait for the thread) runs out first: on a busy CPU either can."""
     outcome: list[str | None] = []
+    timed_out = f"timed out after {timeout:g} s"
 
     def request() -> None:
         try:
@@ -74,12 +76,13 @@ def probe_wandb_server(base_url: str, timeout: float) -> str | None:
             error.close()
             outcome.append(None)
         except Exception as error:  # refused, DNS failure, timeout, TLS failure, not HTTP
-            outcome.append(str(getattr(error, "reason", error)))
+            reason = getattr(error, "reason", error)
+            outcome.append(timed_out if isinstance(reason, TimeoutError) else str(reason))
 
     thread = threading.Thread(target=request, name="tlexp-wandb-probe", daemon=True)
     thread.start()
     thread.join(timeout)
-    return outcome[0] if outcome else f"timed out after {timeout:g} s"
+    return outcome[0] if outcome else timed_out
 
 
 def warn_offline(why: str, sync_dir: str | Path) -> None:
