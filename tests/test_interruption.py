@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
+from conftest import PYTHON, REPO, merge_overrides, once_per_suite, read_json, run_train, subprocess_env
 from test_finetuning import build, trainer
 from tlexp.callbacks import Interrupted, Interruption
 from tlexp.strategies import Gradual
@@ -74,12 +74,28 @@ def _weights(checkpoint: Path) -> dict:
 
 
 RUN = ("strategy=gradual", "trainer.max_epochs=12", "data.train_per_class=128", "seed=3")
+REFERENCE = pytest.mark.xdist_group("interruption_reference")
+"""The tests that compare with ``reference``: on one xdist worker, which runs it once."""
+
+
+def _reference(run_dir: Path) -> dict:
+    return {"run_dir": str(run_dir), "returncode": run_train(run_dir, *RUN).returncode}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> tuple[Path, int]:
+    """``train.py <RUN>`` uninterrupted: (its run directory, its exit code). Both tests below compare with it: each
+    ran this very command (``run_train(tmp_path / "reference", *RUN)``) before; the run directory and data_dir, which
+    differ, are not part of what is trained (synthetic data: generated, not read from data_dir). Read-only."""
+    done = once_per_suite(tmp_path_factory, "interruption_reference", _reference)
+    return Path(done["run_dir"]), done["returncode"]
 
 
 @pytest.mark.slow
-def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
-    reference = run_train(tmp_path / "reference", *RUN)
-    assert reference.returncode == 0
+@REFERENCE
+def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path, reference):
+    reference_dir, returncode = reference
+    assert returncode == 0
     args = merge_overrides(*RUN, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'runs' / 'first'}")
     child = subprocess.Popen([PYTHON, "train.py", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -99,14 +115,15 @@ def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path):
     assert resumed["status"] == "completed" and resumed["resumed_from"] == record["resume_checkpoint"]
     assert read_json(first / "result.json")["resumed_in"] == str(tmp_path / "runs" / "second")
     final, expected = (_weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"),
-                       _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt"))
+                       _weights(reference_dir / "checkpoints" / "last.ckpt"))
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
 
 
 @pytest.mark.slow
-def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path):
+@REFERENCE
+def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path, reference):
     """hydra/launcher=submitit_local runs each job as a real submitit job (the SLURM code path)."""
-    reference = run_train(tmp_path / "reference", *RUN)
+    reference_dir, returncode = reference
     sweep = tmp_path / "sweep"
     overrides = (*RUN, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
     args = merge_overrides(*overrides, f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
@@ -125,9 +142,9 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path)
     again = run_train(sweep, *overrides, multirun=True)
     record = read_json(job_dir / "result.json")
     assert record["status"] == "completed" and record["resumed_from"], again.stdout[-3000:]
-    final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(reference_dir / "checkpoints" / "last.ckpt")
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
-    assert reference.returncode == 0
+    assert returncode == 0
 
 
 @pytest.mark.slow

@@ -33,6 +33,10 @@ def sweep_overrides() -> list[str]:
             f"data.fraction={','.join(map(str, (*FRACTIONS, BAD_FRACTION)))}", "seed=0"]
 
 
+SWEEP_TESTS = pytest.mark.xdist_group("test_sweep.sweep")
+"""The tests that read the module fixture ``sweep`` (two train.py -m runs): on one xdist worker, which runs it once."""
+
+
 def no_credentials(home: Path) -> dict:
     """A child environment where W&B mode auto resolves to offline: no key, no netrc, no WANDB_MODE."""
     return {"HOME": home, "WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": None}
@@ -73,6 +77,7 @@ def wandb_summary(run_dir: Path) -> dict:
 
 # --- the sweep ------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_sweep_finishes_despite_failing_jobs(sweep):
     first, _, sweep_dir, _ = sweep
     assert first.returncode == 0, first.stdout[-6000:]
@@ -87,6 +92,7 @@ def test_sweep_finishes_despite_failing_jobs(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_result_json_fields(sweep):
     _, _, sweep_dir, _ = sweep
     for record in job_records(sweep_dir).values():
@@ -100,6 +106,7 @@ def test_result_json_fields(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_sweep_summary_lists_completed_and_failed(sweep):
     first, _, sweep_dir, _ = sweep
     # the second invocation overwrote the file; the first one's counts are in its output
@@ -109,6 +116,7 @@ def test_sweep_summary_lists_completed_and_failed(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_rerun_skips_completed_jobs(sweep):
     _, second, sweep_dir, stamps = sweep
     assert second.returncode == 0, second.stdout[-6000:]
@@ -125,6 +133,7 @@ def test_rerun_skips_completed_jobs(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_report_tables_hold_result_values(sweep):
     _, _, sweep_dir, _ = sweep
     page = (sweep_dir / "report.html").read_text()
@@ -153,6 +162,7 @@ def test_report_tables_hold_result_values(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_wandb_runs_share_the_sweep_group(sweep):
     _, _, sweep_dir, _ = sweep
     group = sweep_dir.name
@@ -175,6 +185,7 @@ def test_wandb_runs_share_the_sweep_group(sweep):
 
 
 @pytest.mark.slow
+@SWEEP_TESTS
 def test_sync_wandb_dry_run_lists_offline_runs(sweep):
     _, _, sweep_dir, _ = sweep
     out = subprocess.run([sys.executable, "scripts/sync_wandb.py", str(sweep_dir), "--dry-run"], cwd=REPO,

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PYTHON, run_train, subprocess_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_wandb.wandb_run")]  # one worker runs wandb_run once
 
 WANDB_CLI = Path(PYTHON).with_name("wandb")
 
