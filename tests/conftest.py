@@ -52,8 +52,9 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
-ONE_WORKER_FIXTURES = ("strategy_sweep",)
-"""Session fixtures whose tests form one xdist group: one worker computes the fixture and runs them all."""
+ONE_WORKER_FIXTURES = ("strategy_sweep", "lora_ddp_run")
+"""Session fixtures whose tests form one xdist group: one worker computes the fixture and runs them all (a test
+that asks for one through ``request.getfixturevalue`` marks itself ``xdist_group(<fixture name>)``)."""
 
 
 def pytest_configure(config):
@@ -348,3 +349,15 @@ def strategy_sweep(tmp_path_factory):
     done = once_per_suite(tmp_path_factory, "strategy_sweep", _strategy_sweep)
     result = subprocess.CompletedProcess(done["args"], done["returncode"], done["stdout"])
     return result, {name: Path(path) for name, path in done["runs"].items()}
+
+
+def _lora_ddp(run_dir: Path) -> str:
+    run_train(run_dir, "strategy=lora", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    return str(run_dir)
+
+
+@pytest.fixture(scope="session")
+def lora_ddp_run(tmp_path_factory):
+    """``train.py strategy=lora trainer=ddp trainer.accelerator=cpu trainer.devices=2`` (tiny/synthetic, 2 epochs, CSV
+    logger): two CPU processes (gloo). Read by test_strategy_lora.py and test_ddp.py's lora case; read-only."""
+    return Path(once_per_suite(tmp_path_factory, "lora_ddp", _lora_ddp))

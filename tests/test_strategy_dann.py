@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import metric_columns, read_json, run_train
+from conftest import metric_columns, read_json
 from test_finetuning import SEED
 
 from tlexp.backbone import create_backbone
@@ -132,10 +132,12 @@ def test_dann_without_a_target_domain_is_refused_naming_the_key(tmp_path, main_d
 
 
 @pytest.mark.slow
-def test_dann_end_to_end_on_an_inverted_target(tmp_path):
-    run_train(tmp_path, "strategy=dann", "data.target_domain=invert")
-    record = read_json(tmp_path / "result.json")
+def test_dann_end_to_end_on_an_inverted_target(strategy_sweep):
+    """``train.py strategy=dann data.target_domain=invert``: the shared sweep's dann run, which is that command (with
+    data.fraction=0.5 and lr logged every step, which change neither the record's fields nor the logged keys)."""
+    run_dir = strategy_sweep[1]["dann"]
+    record = read_json(run_dir / "result.json")
     assert record["status"] == "completed" and record["strategy"] == "dann"
     assert 0 <= record["target_test_acc"] <= 1 and 0 <= record["test_acc"] <= 1
     assert {"train/loss_domain", "train/domain_acc", "train/grl_lambda", "test/target_acc", "test/target_loss"} <= set(
-        metric_columns(tmp_path))
+        metric_columns(run_dir))

@@ -6,18 +6,18 @@ and ViT-Tiny; the merged network gives the adapted one's logits within 1e-5; res
 from __future__ import annotations
 
 import csv
-import subprocess
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import PYTHON, REPO, read_json, run_train, subprocess_env
+from conftest import read_json
 from test_errors import assert_failed_cleanly
 from test_finetuning import resume_differences, build, changed, snapshot, trainer
 from tlexp.backbone import create_backbone
 from tlexp.errors import InvalidValue
 from tlexp.export import load, locate, restore
+from tlexp.export import main as export_main
 from tlexp.freeze_plan import freeze
 from tlexp.strategies import Lora
 from tlexp.strategies.lora import merge
@@ -106,15 +106,14 @@ def test_resume_matches_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_export_gives_a_plain_network_with_the_same_logits(tmp_path):
-    run_dir, out = tmp_path / "run", tmp_path / "export" / "model.pt"
-    run_train(run_dir, "strategy=lora")
+def test_train_then_export_gives_a_plain_network_with_the_same_logits(strategy_sweep, tmp_path, capsys):
+    """``train.py strategy=lora``: the shared sweep's lora run (its settings as conf/strategy/lora.yaml; data.fraction=0.5,
+    which the export does not read); ``tlexp-export`` (``tlexp.export:main``, in this process) writes into tmp_path."""
+    run_dir, out = strategy_sweep[1]["lora"], tmp_path / "export" / "model.pt"
     result = read_json(run_dir / "result.json")
     assert result["status"] == "completed" and result["strategy"] == "lora"
     assert result["params_trainable"] < result["params_total"] and result["frozen_depth"] == 1
-    exported = subprocess.run([PYTHON, "-m", "tlexp.export", str(run_dir), str(out)], cwd=REPO, env=subprocess_env(),
-                              capture_output=True, text=True, timeout=300)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert export_main([str(run_dir), str(out)]) == 0, capsys.readouterr().err[-3000:]
     network = load(out)
     assert isinstance(network, nn.Sequential) and not any(".lora_" in n for n in network.state_dict())
     _, checkpoint = locate(run_dir)
@@ -125,16 +124,16 @@ def test_train_then_export_gives_a_plain_network_with_the_same_logits(tmp_path):
         assert (module(images) - network(images)).abs().max() < 1e-5
     saved = torch.load(out, weights_only=True)
     assert saved["strategy"] == "lora" and saved["num_classes"] == module.hparams.num_classes
-    missing = subprocess.run([PYTHON, "-m", "tlexp.export", str(tmp_path / "nothing"), str(out)], cwd=REPO,
-                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+    capsys.readouterr()
+    assert export_main([str(tmp_path / "nothing"), str(out)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_ddp_replicas_stay_identical(tmp_path):
-    """Two CPU processes (gloo): the replica check finds no difference, the BatchNorm statistics never move."""
-    run_dir = tmp_path / "run"
-    run_train(run_dir, "strategy=lora", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+def test_ddp_replicas_stay_identical(lora_ddp_run):
+    """Two CPU processes (gloo): the replica check finds no difference, the BatchNorm statistics never move.
+    The run (``lora_ddp_run``) is the one test_ddp.py's lora case reads too."""
+    run_dir = lora_ddp_run
     with open(run_dir / "metrics.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("ddp/replica_max_abs_diff")]
     assert len(rows) == 2 and all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
