@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_json, read_metrics, run_train
+from conftest import read_json, read_metrics
 from test_finetuning import build, trainer
 
 from tlexp.errors import InvalidValue
@@ -88,17 +88,20 @@ def test_bad_teachers_are_refused(tmp_path, teacher_run):
     assert error.value.name == "alpha"
 
 
-@pytest.mark.slow
-def test_distill_end_to_end_and_resume(tmp_path, teacher_run):
-    """train.py strategy=distill with a run directory as teacher; then 1 more epoch resumed from last.ckpt."""
+def test_distill_end_to_end_and_resume(tmp_path, teacher_run, main_direct):
+    """The job strategy=distill with a run directory as teacher; then 1 more epoch resumed from last.ckpt. In this
+    process (``main_direct``: the job train.py runs, result.json and metrics.csv included, without Hydra's runtime,
+    which neither run uses); train.py itself runs distill in the shared sweep (test_strategies_e2e.py)."""
     first = tmp_path / "first"
-    run_train(first, "strategy=distill", f"strategy.teacher={teacher_run}", "trainer.max_epochs=1")
+    code, output = main_direct(first, "strategy=distill", f"strategy.teacher={teacher_run}", "trainer.max_epochs=1")
+    assert code == 0, output[-6000:]
     record = read_json(first / "result.json")
     assert record["status"] == "completed" and 0 <= record["test_acc"] <= 1
     assert any("train/loss_kl" in row for row in read_metrics(first))
     resumed = tmp_path / "resumed"
-    run_train(resumed, "strategy=distill", f"strategy.teacher={teacher_run}", "trainer.max_epochs=2",
-              f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    code, output = main_direct(resumed, "strategy=distill", f"strategy.teacher={teacher_run}", "trainer.max_epochs=2",
+                               f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    assert code == 0, output[-6000:]
     record = read_json(resumed / "result.json")
     assert record["status"] == "completed" and record["resumed_from"]
     assert {int(row["epoch"]) for row in read_metrics(resumed) if "train/loss_kl" in row} == {1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_json, read_metrics, run_train
+from conftest import read_json, read_metrics
 from test_finetuning import SEED, trainer
 
 from tlexp.backbone import create_backbone
@@ -94,17 +94,20 @@ def test_bad_settings_are_refused(weights):
     assert error.value.name == "model_name"
 
 
-@pytest.mark.slow
-def test_lwf_end_to_end_and_resume(tmp_path):
-    """train.py strategy=lwf on the tiny model (random weights: the mechanism, not the result); then 1 more
-    epoch resumed from last.ckpt (the old head from the checkpoint, the frozen original rebuilt)."""
+def test_lwf_end_to_end_and_resume(tmp_path, main_direct):
+    """The job strategy=lwf on the tiny model (random weights: the mechanism, not the result); then 1 more
+    epoch resumed from last.ckpt (the old head from the checkpoint, the frozen original rebuilt). In this process
+    (``main_direct``: the job train.py runs, result.json and metrics.csv included, without Hydra's runtime, which
+    neither run uses); train.py itself runs lwf in the shared sweep (test_strategies_e2e.py)."""
     first = tmp_path / "first"
-    run_train(first, "strategy=lwf", "trainer.max_epochs=1")
+    code, output = main_direct(first, "strategy=lwf", "trainer.max_epochs=1")
+    assert code == 0, output[-6000:]
     record = read_json(first / "result.json")
     assert record["status"] == "completed" and 0 <= record["test_acc"] <= 1
     assert any("train/loss_old" in row for row in read_metrics(first))
     resumed = tmp_path / "resumed"
-    run_train(resumed, "strategy=lwf", "trainer.max_epochs=2", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    code, output = main_direct(resumed, "strategy=lwf", "trainer.max_epochs=2", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    assert code == 0, output[-6000:]
     record = read_json(resumed / "result.json")
     assert record["status"] == "completed" and record["resumed_from"]
     assert {int(row["epoch"]) for row in read_metrics(resumed) if "train/loss_old" in row} == {1}
