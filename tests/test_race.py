@@ -121,15 +121,35 @@ def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
     assert [(e["strategy"], e["test_acc"]) for e in again[0]["strategies"]] == [(e["strategy"], e["test_acc"]) for e in cell["strategies"]]
 
 
+START_TOGETHER = """
+import os, runpy, sys, time
+from pathlib import Path
+import tlexp.train  # the imports (seconds), before the start line
+ready = Path(sys.argv.pop(1))
+(ready / str(os.getpid())).touch()
+deadline = time.monotonic() + 300
+while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+"""``python -c START_TOGETHER <dir> <train.py's arguments>``: train.py, run once every process started so has
+imported tlexp.train and written its pid into <dir>."""
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_race(tmp_path):
     """Two train.py processes started at once with the same race directory and storage: 3 trials in all, no
-    settings run twice, each confirmation once, and both print the same verdict."""
+    settings run twice, each confirmation once, and both print the same verdict. "At once": each waits, past its
+    imports, for the other (``START_TOGETHER``): a trial here takes about a second, and the first process to get
+    through its imports (several seconds, more on a busy CPU) would otherwise run all three alone."""
     args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
                            "race.strategies=[frozen]", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
                            base=TINY)
-    workers = [subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "-m", *args], cwd=REPO, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     result = read_json(tmp_path / "race.json")
