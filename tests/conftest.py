@@ -48,6 +48,12 @@ TINY = ("model=tiny", "data=synthetic", "logger=csv", "trainer.max_epochs=2", "t
 STRATEGIES = tuple(STRATEGY_REGISTRY)
 SWEEP_FRACTION = 0.5
 
+NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
+"""For a sweep whose test reads no report: the report a sweep ends with (report.html and its figures, 5-10 s of CPU)
+cannot change the sweep's outcome (SweepSummary catches and logs a report's errors) nor its jobs, its
+sweep_summary.json or its summary line, so leaving it out changes nothing such a test reads. The tests of the
+report (test_sweep.py, test_divergence.py, test_report.py, test_killed.py, ...) keep it."""
+
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -324,7 +330,7 @@ def _strategy_sweep(sweep_dir: Path) -> dict:
     common = (f"data.fraction={SWEEP_FRACTION}", "trainer.log_every_n_steps=1")
     alone = {"distill": None, "dann": "data.target_domain=invert"}  # need a teacher run, a target domain
     swept = [name for name in STRATEGIES if name not in alone]
-    result = run_train(sweep_dir, f"strategy={','.join(swept)}", *common, "hydra.sweep.subdir=${hydra.job.num}",
+    result = run_train(sweep_dir, f"strategy={','.join(swept)}", *common, "hydra.sweep.subdir=${hydra.job.num}", NO_REPORT,
                        multirun=True, check=False)
     runs = {read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")}
     alone["distill"] = f"strategy.teacher={runs['full']}" if "full" in runs else "strategy.teacher=none"

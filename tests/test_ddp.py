@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import subprocess_env
+from conftest import NO_REPORT, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["model=tiny", "data=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3",
@@ -58,7 +58,7 @@ def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
-    done = train("-m", *GRADUAL, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}",
+    done = train("-m", *GRADUAL, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}", NO_REPORT,
                  f"paths.data_dir={tmp_path}/data")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())

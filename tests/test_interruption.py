@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from conftest import PYTHON, REPO, merge_overrides, once_per_suite, read_json, run_train, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, once_per_suite, read_json, run_train, subprocess_env
 from test_finetuning import build, trainer
 from tlexp.callbacks import Interrupted, Interruption
 from tlexp.strategies import Gradual
@@ -125,7 +125,7 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path,
     """hydra/launcher=submitit_local runs each job as a real submitit job (the SLURM code path)."""
     reference_dir, returncode = reference
     sweep = tmp_path / "sweep"
-    overrides = (*RUN, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    overrides = (*RUN, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", NO_REPORT)
     args = merge_overrides(*overrides, f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
     launcher = subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -152,13 +152,13 @@ def test_job_killed_without_a_word_resumes_from_its_last_checkpoint(tmp_path):
     """SIGKILL or the OOM killer leave result.json at "running" (written when the job starts); a record written
     before tlexp recorded who runs a job cannot tell a killed job from a live one, and resumes as before
     (test_killed.py: a real kill -9 of a job that records it)."""
-    run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
+    run_train(tmp_path, "trainer.max_epochs=2", NO_REPORT, multirun=True)
     job_dir = next(tmp_path.glob("*/result.json")).parent
     record = read_json(job_dir / "result.json")
     older = {k: v for k, v in record.items() if k not in ("host", "pid", "started", "heartbeat")}
     (job_dir / "result.json").write_text(json.dumps({**older, "status": "running"}))  # as a killed job leaves it
     summary = read_json(tmp_path / "sweep_summary.json")
-    again = run_train(tmp_path, "trainer.max_epochs=2", multirun=True)
+    again = run_train(tmp_path, "trainer.max_epochs=2", NO_REPORT, multirun=True)
     resumed = read_json(job_dir / "result.json")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
     assert "resuming the interrupted job" in again.stdout and summary["counts"]["completed"] == 1

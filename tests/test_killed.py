@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
 from tlexp import liveness
 from tlexp.callbacks import Heartbeat
 from tlexp.report import generate
@@ -147,7 +147,7 @@ def _epochs_done(job_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_mid_training_reads_as_killed_and_the_rerun_resumes_with_its_history(tmp_path):
-    sweep, run = tmp_path / "sweep", ("trainer.max_epochs=3", "hydra.sweep.subdir=job")
+    sweep, run = tmp_path / "sweep", ("trainer.max_epochs=3", "hydra.sweep.subdir=job", NO_REPORT)  # the report: generate below
     job = sweep / "job"
     args = merge_overrides(*run, f"paths.data_dir={sweep / 'data'}", f"hydra.sweep.dir={sweep}")
     child = subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,

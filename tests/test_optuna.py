@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import CONF_DIR, STRATEGIES, read_json
+from conftest import CONF_DIR, NO_REPORT, STRATEGIES, read_json
 from tlexp import config, search_space
 from tlexp.errors import InvalidValue
 
@@ -100,7 +100,7 @@ def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
     strategy."""
     db = tmp_path / "study.db"
     search = ("hparams_search=optuna", "strategy=gradual", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}",
-              f"hydra.sweeper.storage=sqlite:///{db}")
+              f"hydra.sweeper.storage=sqlite:///{db}", NO_REPORT)
     for n_trials in (2, 2, 3):
         code, output = main_inprocess(tmp_path, *search, f"hydra.sweeper.n_trials={n_trials}")
         assert code == 0, output[-4000:]

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from conftest import PYTHON, REPO, TINY, merge_overrides, read_json, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, TINY, merge_overrides, read_json, subprocess_env
 from tlexp import race, study as studies, verdict
 
 
@@ -91,7 +91,7 @@ RACE = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.t
 def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
     """frozen and full, 2 trials each, confirmed on 2 seeds: race.json holds what the studies and the jobs hold;
     the same command again runs nothing new and gives the same verdict."""
-    run = (*RACE, f"hydra.sweep.dir={tmp_path}")
+    run = (*RACE, f"hydra.sweep.dir={tmp_path}", NO_REPORT)  # the race in the report: test_the_verdict_in_the_report
     code, output = main_inprocess(tmp_path, *run)
     assert code == 0, output[-4000:]
     result = read_json(tmp_path / "race.json")
@@ -145,7 +145,7 @@ def test_two_workers_share_one_race(tmp_path):
     through its imports (several seconds, more on a busy CPU) would otherwise run all three alone."""
     args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
                            "race.strategies=[frozen]", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
-                           base=TINY)
+                           NO_REPORT, base=TINY)
     ready = tmp_path / "ready"
     ready.mkdir()
     workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "-m", *args], cwd=REPO, env=subprocess_env(),

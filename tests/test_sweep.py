@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, REPO, read_json, run_train
+from conftest import CONF_DIR, NO_REPORT, REPO, read_json, run_train
 from tlexp.strategies import STRATEGIES as STRATEGY_REGISTRY
 
 STRATEGIES = ("frozen", "full")
@@ -202,7 +202,7 @@ def test_optuna_search_on_joblib_launcher(tmp_path):
     sweep_dir = tmp_path / "optuna"
     result = run_train(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
-                       "strategy.frozen_depth=int(interval(0,6))", multirun=True, check=False)
+                       "strategy.frozen_depth=int(interval(0,6))", NO_REPORT, multirun=True, check=False)
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Joblib.Parallel" in result.stdout
     records = [r for r in job_records(sweep_dir).values() if r["status"] == "completed"]
