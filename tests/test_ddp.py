@@ -76,14 +76,15 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path):
 @pytest.mark.parametrize("strategy", [pytest.param(["strategy=lora"], marks=pytest.mark.xdist_group("lora_ddp_run")),
                                       ["strategy=dann", "data.target_domain=invert"]])
 def test_lora_and_dann_ddp_replicas_stay_identical(tmp_path, strategy, request):
-    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP. lora: the
-    run test_strategy_lora.py reads too (``lora_ddp_run``: these settings, 2 epochs, with the CSV logger alone, which
-    writes the metrics.csv read here)."""
+    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP, 2 epochs,
+    with the CSV logger alone (it writes the metrics.csv read here; W&B under DDP: the tests above). lora: the run
+    test_strategy_lora.py reads too (``lora_ddp_run``)."""
     if strategy == ["strategy=lora"]:
         run_dir = request.getfixturevalue("lora_ddp_run")
     else:
         run_dir = tmp_path / "run"
-        done = train(*DDP, *strategy, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", f"paths.data_dir={tmp_path}/data")
+        done = train(*DDP, *strategy, "logger=csv", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+                     f"paths.data_dir={tmp_path}/data")
         assert done.returncode == 0, done.stderr[-3000:]
     rows = epochs_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
