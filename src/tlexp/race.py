@@ -9,7 +9,8 @@ strategy in ``race.strategies``:
    by Hydra like any sweep job, into ``<race dir>/<cell>/<strategy>/<trial>``) without testing, pruned per
    epoch on ``val/acc`` by ``race.pruner`` through optuna-integration's Lightning callback;
 2. confirm: the best trial by ``val/acc_best`` re-run on ``race.seeds`` seeds and tested
-   (``<cell>/<strategy>/confirm_seed<seed>``);
+   (``<cell>/<strategy>/confirm_seed<seed>``); ``race.seeds=0`` stops after the search (the pocket race of
+   ``tlexp-advise``: ranked on validation alone);
 3. verdict: per strategy the test/acc mean and 95 % t interval over the seeds, the paired difference to the
    winner on the same seeds with its interval (scipy.stats.ttest_rel), "tied" where it covers 0, and the
    compute spent. Printed, and written to ``<race dir>/race.json``.
@@ -54,6 +55,8 @@ except ImportError:  # not POSIX: workers do not share confirmation jobs (each m
 
 RunJob = Callable[[list[str], str, Callable[[DictConfig], Any]], Any]
 """(overrides, job subdirectory, task(cfg)) -> the task's value: runs one job composed by Hydra."""
+Compose = Callable[[list[str]], DictConfig]
+"""overrides -> the job's config as Hydra composes it (without running it)."""
 
 
 def cells(arguments: list[str]) -> tuple[list[list[str]], dict[str, str]]:
@@ -100,17 +103,20 @@ def claimed(path: Path):
 class Race:
     """One race over ``config.race`` (the composed config with Hydra's node); ``run_job`` runs one job."""
 
-    def __init__(self, config: DictConfig, arguments: list[str], run_job: RunJob):
+    def __init__(self, config: DictConfig, arguments: list[str], run_job: RunJob, compose: Compose):
         self.settings = config.race
         self.dir = Path(str(config.hydra.sweep.dir))
         self.arguments = list(arguments)
         self.run_job = run_job
+        self.compose = compose
         self.seed = int(config.seed)
         self.storage = self.settings.storage or f"sqlite:///{(self.dir / 'race.db').resolve()}"
         self.strategies = list(self.settings.strategies)
-        for key in ("trials", "seeds"):
-            if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < 1:
-                raise ConfigError(f"race.{key}", self.settings[key], "an integer >= 1")
+        for key, least in (("trials", 1), ("seeds", 0)):
+            if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < least:
+                raise ConfigError(f"race.{key}", self.settings[key], f"an integer >= {least}")
+        if not isinstance(self.settings.start_at_defaults, bool):
+            raise ConfigError("race.start_at_defaults", self.settings.start_at_defaults, "true or false")
         if not self.strategies:
             raise ConfigError("race.strategies", self.strategies, "a list of one or more strategies")
         self.cells, self.space_overrides = cells(self.arguments)
@@ -132,6 +138,8 @@ class Race:
     # --- 1. search
     def search(self, cell: list[str], name: str, strategy: str) -> optuna.Study:
         study = self.study(name, strategy)
+        if self.settings.start_at_defaults:
+            self.enqueue_defaults(study, cell, name, strategy)
         while (trial := studies.claim(study, int(self.settings.trials))) is not None:
             overrides = [*cell, f"strategy={strategy}", *search_space.suggest(trial, self.spaces[strategy]), *TRIAL]
             subdir = f"{name}/{strategy}/{studies.job_number(trial)}"
@@ -151,6 +159,17 @@ class Race:
                 log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
                 study.tell(trial, state=TrialState.FAIL)  # counted: its settings used the budget
         return study
+
+    def enqueue_defaults(self, study: optuna.Study, cell: list[str], name: str, strategy: str) -> None:
+        """Queue the strategy's configured settings (its tuned defaults) as the study's first trial, once, whichever
+        worker gets there first; values outside the space are used as they are (Optuna warns)."""
+        with claimed(self.dir / f"{name}/{strategy}/defaults.lock") as mine:
+            if not mine or study.user_attrs.get("defaults_enqueued"):
+                return
+            config = self.compose([*cell, f"strategy={strategy}"])
+            study.enqueue_trial({key: OmegaConf.select(config, key) for key in self.spaces[strategy]},
+                                user_attrs={"defaults": True})
+            study.set_user_attr("defaults_enqueued", True)
 
     def trial_task(self, cfg: DictConfig, trial: optuna.Trial) -> RunRecord:
         """One search trial as a job, pruned per epoch by the study's pruner; its record (``search`` tells the study)."""

@@ -24,7 +24,8 @@ def interval(values: list[float]) -> tuple[float, float] | None:
 
 
 def verdict(entries: list[dict]) -> list[dict]:
-    """Rank by mean test/acc; each against the winner on the seeds both completed (paired)."""
+    """Rank by mean test/acc; each against the winner on the seeds both completed (paired). Strategies without
+    test scores (a search-only race, ``race.seeds=0``) follow, ranked by their best trial's val/acc."""
     scored = [e for e in entries if e["test_acc"]]
     for e in scored:
         values = list(e["test_acc"].values())
@@ -44,7 +45,8 @@ def verdict(entries: list[dict]) -> list[dict]:
             e.update(diff_ci=(float(low), float(high)), p_value=float(test.pvalue), tied=bool(low <= 0 <= high))
         else:  # one seed, or the same difference on every seed: no interval
             e.update(diff_ci=None, p_value=None, tied=bool(diff) and e["diff"] == 0)
-    return scored + [e for e in entries if not e["test_acc"]]
+    unscored = [e for e in entries if not e["test_acc"]]
+    return scored + sorted(unscored, key=lambda e: -(e["val_acc_best"] if e["val_acc_best"] is not None else -1))
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -53,16 +55,19 @@ def _fmt(value, spec=".4f") -> str:
 
 def format_race(result: dict) -> str:
     lines = [f"tlexp race {result['race_dir']} (storage {result['storage']})"]
+    searched_only = result["settings"].get("seeds") == 0
     for cell in result["cells"]:
-        lines.append(f"\n{cell['cell']}: test/acc over seeds, best settings chosen on validation")
-        lines.append(f"  {'strategy':15s} {'mean':>7s} {'95% CI':>17s} {'vs winner':>9s} {'95% CI':>19s}  verdict    "
+        lines.append(f"\n{cell['cell']}: " + ("search only (race.seeds=0): ranked by the best trial's val/acc, not tested"
+                                               if searched_only else "test/acc over seeds, best settings chosen on validation"))
+        lines.append(f"  {'strategy':15s} {'val best':>8s} {'mean':>7s} {'95% CI':>17s} {'vs winner':>9s} {'95% CI':>19s}  verdict    "
                      f"{'trials':>6s} {'pruned':>6s} {'epochs':>6s} {'img x ep':>9s} {'seconds':>8s}  best settings")
         for e in cell["strategies"]:
             ci = e.get("ci")
             dci = e.get("diff_ci")
-            word = "winner" if e.get("winner") else ("tied" if e.get("tied") else ("behind" if "mean" in e else "no result"))
+            word = "winner" if e.get("winner") else ("tied" if e.get("tied") else ("behind" if "mean" in e else
+                                                                                   "searched" if searched_only else "no result"))
             search = e["search"]
-            lines.append(f"  {e['strategy']:15s} {_fmt(e.get('mean')):>7s} "
+            lines.append(f"  {e['strategy']:15s} {_fmt(e.get('val_acc_best')):>8s} {_fmt(e.get('mean')):>7s} "
                          f"{(f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else '-'):>17s} {_fmt(e.get('diff'), '+.4f'):>9s} "
                          f"{(f'[{dci[0]:+.4f}, {dci[1]:+.4f}]' if dci else '-'):>19s}  {word:10s} "
                          f"{search['trials']:>6d} {search['pruned']:>6d} {search['epochs']:>6d} {search['image_epochs']:>9d} "

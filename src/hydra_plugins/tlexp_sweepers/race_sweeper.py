@@ -34,11 +34,14 @@ class RaceSweeper(Sweeper):
         return run_job(hydra_context=self.hydra_context, task_function=task, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir").return_value
 
+    def compose(self, overrides: list[str]) -> DictConfig:
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
     def sweep(self, arguments: list[str]) -> None:
         from tlexp.race import Race
 
         try:
-            race = Race(self.config, arguments, self.run_job)  # checks race.* before anything is written
+            race = Race(self.config, arguments, self.run_job, self.compose)  # checks race.* before anything is written
         except InvalidValue as error:
             print(f"tlexp: error: {error}", file=sys.stderr)
             sys.exit(1)
