@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_strategy_pseudo_label import NAME, build, data
 
-from tlexp.advise import domain_distance
+from tlexp.advice.evidence import domain_distance
 from tlexp.backbone import create_backbone
 from tlexp.callbacks.layer_movement import LayerMovement
 from tlexp.feature_cache.dataset import compute_features, encode_in_batches

@@ -221,6 +221,7 @@ def test_the_verdict_in_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [("race.trials=0", "race.trials"), ("race.seeds=two", "race.seeds"),
+                                           ("race.seeds=-1", "race.seeds"), ("race.start_at_defaults=maybe", "race.start_at_defaults"),
                                            ("race.strategies=[full,nope]", "race.strategies")])
 def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
     """One clear error naming the key and what it accepts; nothing written."""
