@@ -11,7 +11,7 @@ from conftest import run_config
 from lightning.pytorch.callbacks import Callback
 from test_finetuning import build, changed, resume_differences, snapshot, trainer
 
-from tlexp.errors import InvalidValue
+from tlexp.errors import ConfigError, InvalidValue
 from tlexp.strategies import LPFT, Gradual
 from tlexp.train import build as build_run
 
@@ -82,8 +82,10 @@ def test_head_from_a_finished_frozen_run(tmp_path, main_inprocess, teacher_run, 
     assert code == 0, output[-3000:]
     checkpoint = torch.load(next((tmp_path / "probe" / "checkpoints").glob("epoch*.ckpt")), weights_only=True)
     module = lpft_module(tmp_path / "lpft", "strategy.probe_epochs=0", f"strategy.probe_run={tmp_path / 'probe'}")
+    module.setup("fit")
     assert all(torch.equal(value, checkpoint["state_dict"][f"head.{name}"]) for name, value in module.head.state_dict().items())
     for source, why in ((teacher_run, "is not this run's pretrained one"), (tmp_path, "no run directory")):
-        with pytest.raises(InvalidValue, match=why) as error:
-            lpft_module(tmp_path / "lpft", f"strategy.probe_run={source}")
-        assert error.value.name.endswith("probe_run")
+        module = lpft_module(tmp_path / "lpft", f"strategy.probe_run={source}")  # rebuilding a run needs no probe run
+        with pytest.raises(ConfigError, match=why) as error:
+            module.setup("fit")
+        assert error.value.key == "strategy.probe_run"

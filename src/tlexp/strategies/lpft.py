@@ -13,7 +13,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
-from tlexp.errors import InvalidValue
+from tlexp.errors import ConfigError, InvalidValue
 from tlexp.finished import locate
 from tlexp.module import TransferModule
 from tlexp.rules import Rule, integer, is_integer, number
@@ -44,7 +44,7 @@ class LPFT(TransferModule):
     """The head alone (the linear probe) in the first ``probe_epochs`` epochs, at ``lr_probe``; from then on every
     stage, the backbone at ``lr_backbone``, the head at ``lr_head``. ``max_epochs`` (the config passes
     ``trainer.max_epochs``) must leave the fine-tuning at least one epoch. ``probe_run``: the head starts from that
-    finished ``frozen`` run's head (then ``probe_epochs=0`` fine-tunes from the first epoch)."""
+    finished ``frozen`` run's head when training starts (then ``probe_epochs=0`` fine-tunes from the first epoch)."""
 
     def __init__(self, *args, probe_epochs: Annotated[int, integer(0, "an integer >= 0, below trainer.max_epochs")] = 1,
                  lr_probe: Annotated[float | None, PROBE_LR] = None, probe_run: str | None = None,
@@ -54,11 +54,21 @@ class LPFT(TransferModule):
             raise InvalidValue("probe_epochs", probe_epochs, f"an integer in [0, {max_epochs - 1}]",
                                f"trainer.max_epochs={max_epochs}: the fine-tuning needs an epoch after the probe")
         self.hparams.update(probe_epochs=probe_epochs, lr_probe=lr_probe, probe_run=probe_run, max_epochs=max_epochs)
-        if probe_run:
+
+    def setup(self, stage: str) -> None:
+        """Training starts from ``probe_run``'s head. Here, not when the module is built: rebuilding a finished lpft
+        run (``tlexp-export``, a teacher, WiSE-FT) then needs neither the probe run nor the pretrained weights, and a
+        resumed run's checkpoint, restored after this hook, replaces the head."""
+        source = self.hparams.probe_run
+        if stage != "fit" or not source:
+            return
+        try:
             try:
-                self.head.load_state_dict(probe_head(probe_run, self.backbone))
+                self.head.load_state_dict(probe_head(source, self.backbone))
             except RuntimeError as error:
-                raise InvalidValue("probe_run", probe_run, PROBE_RUN, str(error).strip().splitlines()[0]) from None
+                raise InvalidValue("probe_run", source, PROBE_RUN, str(error).strip().splitlines()[0]) from None
+        except InvalidValue as error:
+            raise ConfigError.at("strategy", error) from None
 
     def start_epochs(self):
         return {**{stage.name: self.hparams.probe_epochs for stage in self.backbone_stages}, HEAD: 0}
