@@ -21,11 +21,13 @@ OWN = {
     "scratch": {"strategy.lr_backbone", DECAY},
     "frozen": {DECAY},  # the backbone never trains: no backbone rate to search
     "partial": {"strategy.lr_backbone", "strategy.frozen_depth", DECAY},
+    "lpft": {"strategy.lr_backbone", "strategy.lr_probe", "strategy.probe_epochs", DECAY},
     "full": {"strategy.lr_backbone", DECAY},
     "gradual": {"strategy.lr_backbone", "strategy.lr_ratio", "strategy.unfreeze_by", DECAY},
     "discriminative": {"strategy.lr_backbone", "strategy.lr_ratio", DECAY},
     "reinit": {"strategy.lr_backbone", "strategy.lr_ratio", "strategy.reinit_stages", DECAY},
     "l2sp": {"strategy.lr_backbone", "strategy.alpha", "strategy.beta"},  # the penalty replaces weight decay
+    "bss": {"strategy.lr_backbone", "strategy.bss_weight", "strategy.bss_k", DECAY},
     "lora": {"strategy.lr_lora", "strategy.rank", DECAY},
     "distill": {"strategy.lr_backbone", "strategy.alpha", "strategy.temperature", DECAY},
     "lwf": {"strategy.lr_backbone", "strategy.lambda_old", "strategy.temperature", DECAY},

@@ -18,8 +18,8 @@ TIME_COLUMNS = ("time/epoch_s", "time/elapsed_s")
 
 # (frozen depth at epoch 0, stages training at epoch 0) for the tiny model's 6 backbone stages
 EXPECTED_START = {
-    "scratch": (0, 7), "frozen": (6, 1), "partial": (4, 3), "full": (0, 7), "gradual": (6, 1), "discriminative": (0, 7),
-    "reinit": (0, 7), "l2sp": (0, 7), "distill": (0, 7), "lwf": (0, 7),
+    "scratch": (0, 7), "frozen": (6, 1), "partial": (4, 3), "lpft": (6, 1), "full": (0, 7), "gradual": (6, 1), "discriminative": (0, 7),
+    "reinit": (0, 7), "l2sp": (0, 7), "bss": (0, 7), "distill": (0, 7), "lwf": (0, 7),
     "lora": (1, 7),  # every backbone stage stays frozen; its adapters (`<stage>.lora`, right after it) train
     "pseudo_label": (0, 7), "dann": (0, 7),
 }

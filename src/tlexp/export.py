@@ -68,15 +68,19 @@ def export(source: str | Path, out: str | Path) -> Path:
     """Write the merged network of ``source`` (a run directory or a checkpoint) to ``out``; see the module docstring."""
     run_dir, checkpoint = locate(source)
     module, cfg = restore(run_dir, checkpoint)
-    network = merge(module)
-    hparams = module.hparams
+    return save(merge(module), module.hparams, cfg, checkpoint, out)
+
+
+def save(network: nn.Sequential, hparams, cfg, checkpoint: Path, out: str | Path, **extra) -> Path:
+    """``torch.save`` the plain ``network`` of a run (its config ``cfg``, its module's ``hparams``) as ``load`` reads
+    it, with ``extra`` plain values beside (WiSE-FT's ``wise_ft_alpha``)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("_target_", None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": network.state_dict(), "model": model, "image_size": cfg.data.image_size,
                 "num_classes": hparams.num_classes, "strategy": target_name(cfg.strategy), "checkpoint": str(checkpoint),
-                "head": {"kind": hparams.head, "hidden": hparams.head_hidden, "dropout": hparams.head_dropout}}, out)
+                "head": {"kind": hparams.head, "hidden": hparams.head_hidden, "dropout": hparams.head_dropout}, **extra}, out)
     return out
 
 

@@ -40,6 +40,9 @@ class FreezePlan:
     known_ahead: bool = True
     """False while training decides ``start`` (gradual's ``unfreeze_on=plateau``): a stage that has not started
     yet may still start. How the plan is made, not what it is: left out of ``to_dict``."""
+    probe_lr: float | None = None
+    """The head's base rate in the epochs in which no backbone stage trains (LP-FT's linear probe, before its
+    fine-tuning at ``base_lrs``); None: ``base_lrs`` throughout, and left out of ``to_dict`` (older checkpoints compare equal)."""
 
     def __post_init__(self):
         if not self.stages or self.stages[-1] != HEAD:
@@ -53,6 +56,9 @@ class FreezePlan:
         for stage, rate in self.base_lrs.items():
             if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
                 raise InvalidValue("base_lrs", {stage: rate}, "a learning rate > 0 per stage")
+        if self.probe_lr is not None and not (isinstance(self.probe_lr, (int, float)) and math.isfinite(self.probe_lr)
+                                              and self.probe_lr > 0):
+            raise InvalidValue("probe_lr", self.probe_lr, "None or a learning rate > 0")
 
     @classmethod
     def of(cls, stages: list[Stage], start: dict[str, int | None], base_lrs: dict[str, float], **bn) -> FreezePlan:
@@ -72,6 +78,11 @@ class FreezePlan:
     @property
     def backbone_stages(self) -> tuple[str, ...]:
         return self.stages[:-1]
+
+    def phase_lr(self, stage: str, epoch: int) -> float | None:
+        """``probe_lr`` where it replaces ``stage``'s base rate in ``epoch`` (the head, while no backbone stage trains), else None."""
+        probing = self.probe_lr is not None and stage == HEAD
+        return self.probe_lr if probing and not any(self.trains(name, epoch) for name in self.backbone_stages) else None
 
     def _leading_untrained(self, epoch: int, batchnorm: bool) -> int:
         """How many backbone stages, counted from the input, do not train in ``epoch``."""
@@ -104,6 +115,8 @@ class FreezePlan:
         """Plain values: for checkpoints and ``result.json``."""
         plain = {**asdict(self), "stages": list(self.stages)}
         del plain["known_ahead"]
+        if self.probe_lr is None:
+            del plain["probe_lr"]
         return plain
 
 

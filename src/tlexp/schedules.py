@@ -82,7 +82,8 @@ class StageLR(LambdaLR):
 
     ``rewarm``: a group whose stage unfreezes after the first epoch ramps linearly from 0 over
     ``warmup_steps`` from its first step, on top of the shared schedule (as fastai restarts its
-    schedule when it unfreezes). Each group's base rate is its stage's plan rate."""
+    schedule when it unfreezes). Each group's base rate is its stage's plan rate (``FreezePlan.phase_lr`` where the
+    plan gives the epoch another: LP-FT's probe rate)."""
 
     def __init__(self, optimizer, schedule, plan, steps_per_epoch: int, rewarm: bool = False, warmup_steps: int = 1):
         self.plan, self.epoch = plan, 0
@@ -97,7 +98,8 @@ class StageLR(LambdaLR):
 
     def _rates(self) -> list[float]:
         factor = self.lr_lambdas[0](self.last_epoch)
-        return [base * factor * self._ramp(group["stage"]) if self.plan.trains(group["stage"], self.epoch, group.get("batchnorm", False))
+        return [(self.plan.phase_lr(group["stage"], self.epoch) or base) * factor * self._ramp(group["stage"])
+                if self.plan.trains(group["stage"], self.epoch, group.get("batchnorm", False))
                 else 0.0 for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def get_lr(self) -> list[float]:

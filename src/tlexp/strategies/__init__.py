@@ -6,6 +6,7 @@ Configs name a class here (``_target_: tlexp.strategies.Gradual``); the report, 
 spaces and the tests take the names and their order from ``STRATEGIES``.
 """
 
+from tlexp.strategies.bss import BSS
 from tlexp.strategies.dann import DANN
 from tlexp.strategies.discriminative import Discriminative
 from tlexp.strategies.distill import Distill
@@ -14,14 +15,15 @@ from tlexp.strategies.full import Full
 from tlexp.strategies.gradual import Gradual
 from tlexp.strategies.l2sp import L2SP
 from tlexp.strategies.lora import Lora
+from tlexp.strategies.lpft import LPFT
 from tlexp.strategies.lwf import LwF
 from tlexp.strategies.partial import Partial
 from tlexp.strategies.pseudo_label import PseudoLabel
 from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
 
-STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP,
-                                                    Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
+STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, LPFT, Full, Gradual, Discriminative, Reinit,
+                                                    L2SP, BSS, Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
 """name -> class, from the least to the most adapted backbone; the order the report draws them in. A name is
 its class's in lower case, or given where that would not read (``pseudo_label``)."""
 
@@ -37,5 +39,5 @@ def target_name(node) -> str:
     name = node._target_.rsplit(".", 1)[-1]
     return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
-__all__ = ["DANN", "L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
+__all__ = ["BSS", "DANN", "L2SP", "LPFT", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
            "PseudoLabel", "Reinit", "Scratch", "strategy_name", "target_name"]

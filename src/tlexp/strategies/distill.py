@@ -8,7 +8,6 @@ it here first (``python train.py model=timm model.name=<teacher>``) and pass tha
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import hydra
@@ -17,32 +16,13 @@ import torch
 from torch import nn
 
 from tlexp.errors import InvalidValue
+from tlexp.finished import FINISHED_RUN, locate
 from tlexp.module import TransferModule
-from tlexp.results import read_result
 from tlexp.rules import TEMPERATURE, Rule, number
 from tlexp.strategies.soft_targets import FrozenModel, soft_target_kl
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
-TEACHER = "a finished tlexp run directory (its best checkpoint) or a .ckpt file inside one"
-
-
-def _run_and_checkpoint(source: str) -> tuple[Path, Path]:
-    """(run directory, checkpoint) of ``source``: a run directory (the checkpoint its result.json
-    says was tested) or a checkpoint file in ``<run>/checkpoints/``."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        run_dir, checkpoint = path.parent.parent, path
-    else:
-        record = read_result(path) if path.is_dir() else None
-        best = record.best_checkpoint if record else None
-        if not best:
-            raise InvalidValue("teacher", source, TEACHER, "no run directory with a tested best checkpoint in result.json")
-        run_dir, checkpoint = path, Path(best)
-    if not (run_dir / ".hydra" / "config.yaml").is_file():
-        raise InvalidValue("teacher", source, TEACHER, f"{run_dir / '.hydra' / 'config.yaml'} not found")
-    if not checkpoint.is_file():
-        raise InvalidValue("teacher", source, TEACHER, f"checkpoint {checkpoint} not found")
-    return run_dir, checkpoint
+TEACHER = FINISHED_RUN
 
 
 def load_teacher(source: str, num_classes: int) -> nn.Module:
@@ -50,7 +30,7 @@ def load_teacher(source: str, num_classes: int) -> nn.Module:
 
     Built as the run built it (its ``model`` and ``strategy`` nodes) but without loading pretrained
     weights, which the checkpoint replaces; a run on other classes is refused."""
-    run_dir, checkpoint = _run_and_checkpoint(source)
+    run_dir, checkpoint = locate(source, "teacher")
     try:  # someone else's run: neither its config nor its checkpoint may run code
         cfg = load_run_config(run_dir / ".hydra" / "config.yaml")
         state = load_tensors(checkpoint, "teacher checkpoint")["state_dict"]
