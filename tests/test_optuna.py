@@ -31,6 +31,7 @@ OWN = {
     "lwf": {"strategy.lr_backbone", "strategy.lambda_old", "strategy.temperature", DECAY},
     "pseudo_label": {"strategy.lr_backbone", "strategy.threshold", DECAY},
     "dann": {"strategy.lr_backbone", "strategy.domain_weight", DECAY},
+    "bitfit": {"strategy.lr_backbone", DECAY},  # the biases' rate
 }
 
 

@@ -6,6 +6,7 @@ Configs name a class here (``_target_: tlexp.strategies.Gradual``); the report, 
 spaces and the tests take the names and their order from ``STRATEGIES``.
 """
 
+from tlexp.strategies.bitfit import BitFit
 from tlexp.strategies.dann import DANN
 from tlexp.strategies.discriminative import Discriminative
 from tlexp.strategies.distill import Distill
@@ -21,9 +22,11 @@ from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
 
 STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP,
-                                                    Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
-"""name -> class, from the least to the most adapted backbone; the order the report draws them in. A name is
-its class's in lower case, or given where that would not read (``pseudo_label``)."""
+                                                    Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel} | {
+    cls.__name__.lower(): cls for cls in (BitFit,)}
+"""name -> class, from the least to the most adapted backbone, then those added since (at the end, so that every
+strategy keeps its colour in the report); the order the report draws them in. A name is its class's in lower case, or
+given where that would not read (``pseudo_label``)."""
 
 
 def strategy_name(cls: type) -> str:
@@ -37,5 +40,5 @@ def target_name(node) -> str:
     name = node._target_.rsplit(".", 1)[-1]
     return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
-__all__ = ["DANN", "L2SP", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
-           "PseudoLabel", "Reinit", "Scratch", "strategy_name", "target_name"]
+__all__ = ["DANN", "L2SP", "STRATEGIES", "BitFit", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF",
+           "Partial", "PseudoLabel", "Reinit", "Scratch", "strategy_name", "target_name"]
