@@ -23,6 +23,7 @@ EXPECTED_START = {
     "lora": (1, 7),  # every backbone stage stays frozen; its adapters (`<stage>.lora`, right after it) train
     "pseudo_label": (0, 7), "dann": (0, 7),
     "bitfit": (1, 7),  # as lora: the biases (`<stage>.biases`, right after each stage) train
+    "surgical": (0, 2),  # conf/strategy/surgical.yaml: train_stages [0], the stem
 }
 
 
