@@ -9,8 +9,8 @@ from tlexp.report.tables import Table, compares_depths
 from tlexp.results import Job
 
 
-PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo"]
-"""matplotlib's ten default colours and three more, so that all thirteen strategies differ in one figure."""
+PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo", "crimson", "teal", "lime"]
+"""matplotlib's ten default colours and six more, so that all sixteen strategies differ in one figure."""
 
 
 def _colors(names) -> dict[str, str]:

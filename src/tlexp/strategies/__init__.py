@@ -20,11 +20,12 @@ from tlexp.strategies.partial import Partial
 from tlexp.strategies.pseudo_label import PseudoLabel
 from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
+from tlexp.strategies.ssf import SSF
 from tlexp.strategies.surgical import Surgical
 
 STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP,
                                                     Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel} | {
-    cls.__name__.lower(): cls for cls in (BitFit, Surgical)}
+    cls.__name__.lower(): cls for cls in (BitFit, SSF, Surgical)}
 """name -> class, from the least to the most adapted backbone, then those added since (at the end, so that every
 strategy keeps its colour in the report); the order the report draws them in. A name is its class's in lower case, or
 given where that would not read (``pseudo_label``)."""
@@ -41,5 +42,5 @@ def target_name(node) -> str:
     name = node._target_.rsplit(".", 1)[-1]
     return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
-__all__ = ["DANN", "L2SP", "STRATEGIES", "BitFit", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF",
+__all__ = ["DANN", "L2SP", "SSF", "STRATEGIES", "BitFit", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF",
            "Partial", "PseudoLabel", "Reinit", "Scratch", "Surgical", "strategy_name", "target_name"]
