@@ -64,3 +64,16 @@ def test_a_multirun_sweeps_the_stage_set(tmp_path, main_inprocess):
     trained = [[stage for stage, start in r["unfreeze_epochs"].items() if start == 0] for r in records]
     assert sorted(trained) == [["blocks.3", "blocks.4", "head"], ["stem", "head"]]
     assert all(r["status"] == "completed" and r["strategy"] == "surgical" for r in records)
+
+
+def test_a_race_of_surgical_at_a_chosen_stage_set(tmp_path, main_inprocess):
+    """``train.py -m experiment=race 'race.strategies=[surgical]' strategy=surgical 'strategy.train_stages=[blocks.4]'``:
+    the race searches the rates, every trial and confirmation trains that stage set (a swept stage set is refused:
+    test_race.py's test_bad_race_settings_are_named)."""
+    code, output = main_inprocess(tmp_path, "experiment=race", "race.strategies=[surgical]", "strategy=surgical",
+                                  "strategy.train_stages=[blocks.4]", "race.trials=1", "race.seeds=1", "trainer.max_epochs=1",
+                                  "data.fraction=0.25", f"hydra.sweep.dir={tmp_path}", NO_REPORT)
+    assert code == 0, output[-4000:]
+    records = [read_json(path) for path in sorted((tmp_path / "race" / "surgical").glob("*/result.json"))]
+    assert len(records) == 2 and all(r["status"] == "completed" for r in records)
+    assert all([s for s, start in r["unfreeze_epochs"].items() if start == 0] == ["blocks.4", "head"] for r in records)
