@@ -19,7 +19,8 @@ TRAIN_STAGES = "a non-empty list of backbone stage names (as tlexp.stages names 
 
 def stage_choices(value) -> list | None:
     """``value`` (one stage or a list of them) as a list of names and indices; None where it has another form."""
-    values = plain(value) if isinstance(plain(value), list) else [plain(value)]
+    value = plain(value)
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
     return values if values and all(isinstance(v, str) or is_integer(v, 0) for v in values) else None
 
 
@@ -35,7 +36,7 @@ class Surgical(TransferModule):
     def __init__(self, *args, train_stages: Annotated[str | int | list[str | int], TRAIN_STAGES_FORM] = (0,), **kwargs):
         super().__init__(*args, **kwargs)
         names = [stage.name for stage in self.backbone_stages]
-        choices = stage_choices(list(train_stages) if isinstance(train_stages, tuple) else train_stages)
+        choices = stage_choices(train_stages)
         if choices is None or any(c not in names and not (isinstance(c, int) and c < len(names)) for c in choices):
             listing = ", ".join(f"{index}: {name}" for index, name in enumerate(names))
             raise InvalidValue("train_stages", plain(train_stages), f"{TRAIN_STAGES}; this backbone's stages are {listing}")
