@@ -42,8 +42,9 @@ def test_frozen_stats_never_move_in_any_strategy(tmp_path, name, request):
     assert buffers
     trainer(3, tmp_path).fit(module, datamodule=datamodule)  # gradual: head, then blocks.4, then blocks.3
     assert changed(buffers, bn_buffers(module)) == set()
-    # the affine weights of training stages still learn; frozen and lora train no backbone stage itself
-    assert bool(changed(affine, bn_affine(module))) == (name not in ("frozen", "lora"))
+    # the affine weights of training stages still learn (bitfit's: the betas); frozen, lora and ssf train no backbone
+    # stage itself
+    assert bool(changed(affine, bn_affine(module))) == (name not in ("frozen", "lora", "ssf"))
 
 
 def test_batch_stats_update_training_stages_only(tmp_path):

@@ -48,6 +48,16 @@ def changed(before, after):
     return {k for k in before if not torch.equal(before[k], after[k])}
 
 
+def train_frozen_and_trained(tmp_path, module, datamodule, frozen: list[str], epochs: int = 2) -> tuple[set, set]:
+    """Train ``epochs``; (what changed in the ``frozen`` stages: parameters and BatchNorm buffers; the parameters of
+    the other stages that did not move). An exact freeze and a plan that trains what it says: both empty."""
+    trained = [s.name for s in module.stages if s.name not in frozen]
+    before_frozen, before_trained = snapshot(module, frozen), snapshot(module, trained)
+    trainer(epochs, tmp_path).fit(module, datamodule=datamodule)
+    params = {n for s in module.stages if s.name in trained for n in s.param_names}
+    return changed(before_frozen, snapshot(module, frozen)), params - changed(before_trained, snapshot(module, trained))
+
+
 @pytest.mark.parametrize("strategy_cls,kwargs,frozen_names", [
     (Frozen, {}, "backbone"),
     (Partial, {"frozen_depth": 3}, 3),

@@ -33,6 +33,9 @@ OWN = {
     "lwf": {"strategy.lr_backbone", "strategy.lambda_old", "strategy.temperature", DECAY},
     "pseudo_label": {"strategy.lr_backbone", "strategy.threshold", DECAY},
     "dann": {"strategy.lr_backbone", "strategy.domain_weight", DECAY},
+    "bitfit": {"strategy.lr_backbone", DECAY},  # the biases' rate
+    "ssf": {"strategy.lr_backbone", DECAY},  # the scales' and shifts' rate
+    "surgical": {"strategy.lr_backbone", DECAY},  # not the stage set: the user's question, swept on the command line
 }
 
 

@@ -222,9 +222,11 @@ def test_the_verdict_in_the_report(tmp_path):
 
 @pytest.mark.parametrize("override, key", [("race.trials=0", "race.trials"), ("race.seeds=two", "race.seeds"),
                                            ("race.seeds=-1", "race.seeds"), ("race.start_at_defaults=maybe", "race.start_at_defaults"),
-                                           ("race.strategies=[full,nope]", "race.strategies")])
+                                           ("race.strategies=[full,nope]", "race.strategies"),
+                                           ("strategy.train_stages=[stem],[blocks.4]", "strategy.train_stages")])
 def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
-    """One clear error naming the key and what it accepts; nothing written."""
+    """One clear error naming the key and what it accepts; nothing written. A sweep of a strategy's setting that no raced
+    strategy searches (surgical's stage set) is refused rather than dropped."""
     code, output = main_inprocess(tmp_path / "run", "experiment=race", override, f"hydra.sweep.dir={tmp_path / 'race'}")
     assert code != 0 and f"{key}=" in output and "accepted:" in output, output[-3000:]
     assert not (tmp_path / "race").exists()

@@ -22,6 +22,8 @@ EXPECTED_START = {
     "reinit": (0, 7), "l2sp": (0, 7), "bss": (0, 7), "distill": (0, 7), "lwf": (0, 7),
     "lora": (1, 7),  # every backbone stage stays frozen; its adapters (`<stage>.lora`, right after it) train
     "pseudo_label": (0, 7), "dann": (0, 7),
+    "bitfit": (1, 7), "ssf": (1, 7),  # as lora: their biases (`<stage>.biases`), scales and shifts (`<stage>.ssf`) train
+    "surgical": (0, 2),  # conf/strategy/surgical.yaml: train_stages [0], the stem
 }
 
 

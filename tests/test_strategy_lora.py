@@ -20,7 +20,6 @@ from tlexp.export import load, locate, restore
 from tlexp.export import main as export_main
 from tlexp.freeze_plan import freeze
 from tlexp.strategies import Lora
-from tlexp.strategies.lora import merge
 
 
 def base_and_adapters(module) -> tuple[list[str], list[str]]:
@@ -65,7 +64,7 @@ def test_merged_network_gives_the_adapted_logits(name):
                 param.normal_(0, 0.1)
     size = backbone.pretrained_cfg["input_size"][1:] if name == "test_vit" else (32, 32)
     images = torch.randn(4, 3, *size)
-    merged = merge(module)
+    merged = module.export_network()
     with torch.no_grad():
         adapted, plain = module(images), merged(images)
     assert (adapted - plain).abs().max() < 1e-5

@@ -221,7 +221,7 @@ def compose_hydra(*overrides: str):
 
 
 EXPERIMENTS = ["transfer_study", "transfer_study_cpu", "frozen_depth_sweep", "lr_sweep",
-               "scratch", "frozen", "partial", "full", "gradual", "discriminative"]
+               "scratch", "frozen", "partial", "full", "gradual", "discriminative", "bitfit", "ssf", "surgical"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

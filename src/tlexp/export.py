@@ -1,9 +1,9 @@
 """Export a finished run's best model as a plain network: ``tlexp-export <run dir or checkpoint> <out.pt>``.
 
 The module is rebuilt from the run's own ``.hydra/config.yaml`` (backbone without downloading
-weights: they come from the checkpoint), the checkpoint is loaded into it, LoRA adapters are
-merged into the weights (``tlexp.strategies.lora.merge``; other strategies are copied as they
-are), and ``torch.save`` writes a dict:
+weights: they come from the checkpoint), the checkpoint is loaded into it, what the strategy added
+to the backbone is folded into its weights (``TransferModule.export_network``: ``Lora``'s adapters, ``SSF``'s scales
+and shifts; other strategies are copied as they are), and ``torch.save`` writes a dict:
 
 - ``state_dict``: the weights of ``nn.Sequential(backbone=<timm model, num_classes=0>, head=<tlexp head>)``,
   with timm's own key names (no peft wrappers, no optimizer, no metrics);
@@ -29,7 +29,6 @@ from tlexp.backbone import create_backbone, feature_width
 from tlexp.heads import build_head
 from tlexp.resume import CHECKPOINT_DIR
 from tlexp.results import read_result
-from tlexp.strategies.lora import merge
 from tlexp.strategies import target_name
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
@@ -68,7 +67,7 @@ def export(source: str | Path, out: str | Path) -> Path:
     """Write the merged network of ``source`` (a run directory or a checkpoint) to ``out``; see the module docstring."""
     run_dir, checkpoint = locate(source)
     module, cfg = restore(run_dir, checkpoint)
-    return save(merge(module), module.hparams, cfg, checkpoint, out)
+    return save(module.export_network(), module.hparams, cfg, checkpoint, out)
 
 
 def save(network: nn.Sequential, hparams, cfg, checkpoint: Path, out: str | Path, **extra) -> Path:

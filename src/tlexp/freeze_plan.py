@@ -127,9 +127,10 @@ def freeze(module, epoch: int) -> list[str]:
     for stage in module.stages:
         for param in stage.params:
             param.requires_grad_(plan.trains(stage.name, epoch))
+        owned = {id(param) for param in stage.params}  # BitFit's BN biases are in a stage of their own (``split_off``)
         for bn in stage.batchnorms:
             for param in (bn.weight, bn.bias):
-                if param is not None:
+                if param is not None and id(param) in owned:
                     param.requires_grad_(plan.trains(stage.name, epoch, batchnorm=True))
     trainable = plan.trainable(epoch)
     set_batchnorm_modes(module.stages, trainable, plan.bn_policy, plan.bn_trainable)

@@ -7,6 +7,8 @@ and the ``StageLR`` scheduler apply.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatchcase
@@ -119,6 +121,12 @@ class TransferModule(Checked, L.LightningModule):
     @cached_property
     def plan(self) -> FreezePlan:
         return self.freeze_plan()
+
+    def export_network(self) -> nn.Sequential:
+        """A plain copy of the network for ``tlexp-export``: ``Sequential(backbone=..., head=...)`` in eval mode, with
+        timm's own state-dict keys. A strategy that adds modules to the backbone folds them into this copy (``Lora``,
+        ``SSF``); the module itself is unchanged."""
+        return nn.Sequential(OrderedDict(backbone=copy.deepcopy(self.backbone), head=copy.deepcopy(self.head))).eval()
 
     # --- Lightning -----------------------------------------------------------------------
     def configure_callbacks(self):

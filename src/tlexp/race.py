@@ -124,6 +124,11 @@ class Race:
             self.spaces = {name: self.space(name) for name in self.strategies}
         except InvalidValue as error:  # a strategy without a search space
             raise ConfigError("race.strategies", error.value, error.accepted) from None
+        searched = sorted({key for name in self.strategies for key in search_space.strategy_space(name)})
+        for key, value in self.space_overrides.items():  # else it would be dropped, and the race run without it
+            if key not in searched:
+                raise ConfigError(key, value, f"a sweep of a key the raced strategies search ({', '.join(searched)}); a setting "
+                                  "they do not search takes one value per race (strategy.train_stages=[blocks.6])")
 
     def space(self, strategy: str) -> dict:
         entries = search_space.strategy_space(strategy)

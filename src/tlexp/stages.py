@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from timm.models import group_parameters
@@ -132,6 +133,21 @@ def split_stages(backbone: nn.Module, head: nn.Module) -> list[Stage]:
     stages.append(Stage(HEAD, list(head.parameters()), head_names,
                         [m for m in head.modules() if isinstance(m, _BatchNorm)]))
     return stages
+
+
+def split_off(stages: list[Stage], suffix: str, chosen: Callable[[str], bool]) -> list[Stage]:
+    """Each backbone stage's parameters whose name ``chosen`` accepts moved into a stage ``<stage><suffix>`` right
+    after it (where it has any), so that a freeze plan can train them alone (LoRA's adapters, BitFit's biases, SSF's
+    scales and shifts). The BatchNorm layers stay with the stage: their mode follows its plan, not the new stage's."""
+    split = []
+    for stage in stages:
+        moved = [stage.name != HEAD and chosen(name) for name in stage.param_names]
+        split.append(Stage(stage.name, [p for p, m in zip(stage.params, moved) if not m],
+                           [n for n, m in zip(stage.param_names, moved) if not m], stage.batchnorms))
+        if any(moved):
+            split.append(Stage(stage.name + suffix, [p for p, m in zip(stage.params, moved) if m],
+                               [n for n, m in zip(stage.param_names, moved) if m]))
+    return split
 
 
 def stage_outputs_modules(backbone: nn.Module, param_names: list[str]) -> list[nn.Module]:

@@ -46,7 +46,7 @@ def verdict(entries: list[dict]) -> list[dict]:
         else:  # one seed, or the same difference on every seed: no interval
             e.update(diff_ci=None, p_value=None, tied=bool(diff) and e["diff"] == 0)
     unscored = [e for e in entries if not e["test_acc"]]
-    return scored + sorted(unscored, key=lambda e: -(e["val_acc_best"] if e["val_acc_best"] is not None else -1))
+    return scored + sorted(unscored, key=lambda e: -(e.get("val_acc_best") or 0))
 
 
 def _fmt(value, spec=".4f") -> str:

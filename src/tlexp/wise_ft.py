@@ -5,7 +5,7 @@ and the weights the run started from, ``a`` chosen on the validation split from 
 once at the chosen ``a`` (and at ``a = 1``, the run itself, for comparison):
 
 - ``theta_start``: the strategy's module as ``train`` built it (its seed, the pretrained backbone; ``reinit``'s stages
-  as they were drawn), adapters merged (``lora``), as a plain network (``export.merge``);
+  as they were drawn), as a plain network (``TransferModule.export_network``: lora's adapters, ssf's scales folded);
 - the head: the fine-tuned head for every ``a``. The new head has no pretrained value to start from (the paper's
   zero-shot head does not exist here), so only the backbone is interpolated, as the paper does without one;
 - BatchNorm's running statistics are interpolated like the weights (its batch counters are the fine-tuned ones).
@@ -34,7 +34,6 @@ from torch import nn
 from tlexp import export, finished
 from tlexp.errors import InvalidValue
 from tlexp.inference import inference_pass
-from tlexp.strategies.lora import merge
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
 OUTPUT = "wise_ft.json"
@@ -61,9 +60,9 @@ def networks(run_dir: Path, checkpoint: Path):
     if not module.uses_pretrained_weights:
         raise InvalidValue("run", str(run_dir), RUN + " of a strategy that starts from pretrained weights",
                            f"strategy {cfg.strategy._target_} starts from random weights")
-    start = merge(module)
+    start = module.export_network()
     module.load_state_dict(load_tensors(checkpoint, "checkpoint")["state_dict"])
-    tuned = merge(module)
+    tuned = module.export_network()
     start.head.load_state_dict(tuned.head.state_dict())  # the fine-tuned head at every a
     return datamodule, start, tuned, module, cfg
 

@@ -9,8 +9,8 @@ from tlexp.report.tables import Table, compares_depths
 from tlexp.results import Job
 
 
-PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo", "teal", "crimson"]
-"""matplotlib's ten default colours and five more, so that all fifteen strategies differ in one figure."""
+PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo", "teal", "crimson", "lime", "olive", "navy"]
+"""matplotlib's ten default colours and eight more, so that all eighteen strategies differ in one figure."""
 
 
 def _colors(names) -> dict[str, str]:

@@ -6,6 +6,7 @@ Configs name a class here (``_target_: tlexp.strategies.Gradual``); the report, 
 spaces and the tests take the names and their order from ``STRATEGIES``.
 """
 
+from tlexp.strategies.bitfit import BitFit
 from tlexp.strategies.bss import BSS
 from tlexp.strategies.dann import DANN
 from tlexp.strategies.discriminative import Discriminative
@@ -21,11 +22,15 @@ from tlexp.strategies.partial import Partial
 from tlexp.strategies.pseudo_label import PseudoLabel
 from tlexp.strategies.reinit import Reinit
 from tlexp.strategies.scratch import Scratch
+from tlexp.strategies.ssf import SSF
+from tlexp.strategies.surgical import Surgical
 
-STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, LPFT, Full, Gradual, Discriminative, Reinit,
-                                                    L2SP, BSS, Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel}
-"""name -> class, from the least to the most adapted backbone; the order the report draws them in. A name is
-its class's in lower case, or given where that would not read (``pseudo_label``)."""
+STRATEGIES = {cls.__name__.lower(): cls for cls in (Scratch, Frozen, Partial, Full, Gradual, Discriminative, Reinit, L2SP,
+                                                    Distill, Lora, LwF, DANN)} | {"pseudo_label": PseudoLabel} | {
+    cls.__name__.lower(): cls for cls in (LPFT, BSS, BitFit, SSF, Surgical)}
+"""name -> class, from the least to the most adapted backbone, then those added since (at the end, so that every
+strategy keeps its colour in the report); the order the report draws them in. A name is its class's in lower case, or
+given where that would not read (``pseudo_label``)."""
 
 
 def strategy_name(cls: type) -> str:
@@ -39,5 +44,5 @@ def target_name(node) -> str:
     name = node._target_.rsplit(".", 1)[-1]
     return next((short for short, cls in STRATEGIES.items() if cls.__name__ == name), name.lower())
 
-__all__ = ["BSS", "DANN", "L2SP", "LPFT", "STRATEGIES", "Discriminative", "Distill", "Frozen", "Full", "Gradual", "Lora", "LwF", "Partial",
-           "PseudoLabel", "Reinit", "Scratch", "strategy_name", "target_name"]
+__all__ = ["BSS", "DANN", "L2SP", "LPFT", "SSF", "STRATEGIES", "BitFit", "Discriminative", "Distill", "Frozen", "Full", "Gradual",
+           "Lora", "LwF", "Partial", "PseudoLabel", "Reinit", "Scratch", "Surgical", "strategy_name", "target_name"]

@@ -4,24 +4,22 @@ stages; the pretrained weights never move, the adapters and the new head train.
 The adapters are injected into the backbone in place *before* the stages are split, so timm's
 group matcher still sees the original module paths (``blocks.3.0.conv_pw.base_layer.weight`` is
 in ``blocks.3``). Each stage's adapter parameters then move into a stage of their own,
-``<stage>.lora``, right after it: the base stages never train (BatchNorm follows ``bn_policy`` for
-frozen stages, eval mode by default), the ``.lora`` stages and the head train from the start.
-``merge`` folds the adapters into the weights for export (``tlexp-export``).
+``<stage>.lora``, right after it (``ParameterEfficient``): the base stages never train (BatchNorm follows
+``bn_policy`` for frozen stages, eval mode by default), the ``.lora`` stages and the head train from the start.
+``export_network`` folds the adapters into the weights for export (``tlexp-export``).
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from collections import OrderedDict
 from typing import Annotated
 
 from torch import nn
 
 from tlexp.errors import InvalidValue
-from tlexp.module import TransferModule, stage_factors
 from tlexp.rules import POSITIVE_RATE, Rule, integer, number
-from tlexp.stages import HEAD, Stage, split_stages
+from tlexp.stages import split_stages
+from tlexp.strategies.parameter_efficient import ParameterEfficient
 
 TARGET_STAGES = "all, top:<k> (the k stages nearest the head) or a list of backbone stage names"
 LORA = ".lora"
@@ -29,7 +27,7 @@ LORA = ".lora"
 
 
 def adaptable(module: nn.Module) -> bool:
-    """Layers whose adapters ``merge`` folds exactly: plain ``nn.Linear`` and ungrouped ``nn.Conv2d``.
+    """Layers whose adapters ``Lora.export_network`` folds exactly: plain ``nn.Linear`` and ungrouped ``nn.Conv2d``.
     Grouped (depthwise) convolutions are left out (peft cannot merge them), and so are subclasses
     that change the forward (timm's ``Conv2dSame`` pads dynamically, ``StdConv2d`` standardises)."""
     return type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1)
@@ -74,10 +72,12 @@ def inject(backbone: nn.Module, rank: int, alpha: float, dropout: float, target_
     return targets
 
 
-class Lora(TransferModule):
+class Lora(ParameterEfficient):
     """Frozen backbone with trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``, input dropout
     ``dropout``) on the stages ``target_stages`` names, at ``lr_lora`` at the top adapted stage down to
     ``lr_lora * lr_ratio`` at the lowest (or ``lr_decay`` per adapted stage); the new head at ``lr_head``."""
+
+    suffix = LORA
 
     def __init__(self, backbone: nn.Module, *args, rank: Annotated[int, integer(1)] = 4,
                  alpha: Annotated[float, Rule("a number > 0 (the adapters' scale is alpha / rank)", lambda v: number(v) and v > 0)] = 8.0,
@@ -89,54 +89,24 @@ class Lora(TransferModule):
         super().__init__(backbone, *args, **kwargs)
         self.hparams.update(rank=rank, alpha=alpha, dropout=dropout, target_stages=target_stages, lr_lora=lr_lora)
         self.adapted_layers = targets
-        self.stages = self._split_adapters(self.stages)
 
     @staticmethod
-    def _split_adapters(stages: list[Stage]) -> list[Stage]:
-        """Each backbone stage's ``lora_A``/``lora_B`` parameters into a ``<stage>.lora`` stage right after it."""
-        split = []
-        for stage in stages:
-            if stage.name == HEAD:
-                split.append(stage)
-                continue
-            adapter = [i for i, name in enumerate(stage.param_names) if ".lora_" in name]
-            base = [i for i in range(len(stage.params)) if i not in set(adapter)]
-            split.append(Stage(stage.name, [stage.params[i] for i in base], [stage.param_names[i] for i in base],
-                               stage.batchnorms))
-            if adapter:
-                split.append(Stage(stage.name + LORA, [stage.params[i] for i in adapter],
-                                   [stage.param_names[i] for i in adapter]))
-        return split
+    def trains_alone(param_name: str) -> bool:
+        return ".lora_" in param_name
 
-    @property
-    def adapter_stages(self) -> list[str]:
-        return [stage.name for stage in self.stages if stage.name.endswith(LORA)]
+    def trained_rate(self) -> float:
+        return self.hparams.lr_lora
 
-    def start_epochs(self):
-        trained = {HEAD, *self.adapter_stages}
-        return {stage.name: 0 if stage.name in trained else None for stage in self.stages}
+    def export_network(self) -> nn.Sequential:
+        """Every LoRA adapter folded into its layer's weight (``W + alpha/rank * B A``) and the peft wrappers removed,
+        so the copy runs without peft and its state dict has the original timm keys."""
+        from peft.tuners.lora import LoraLayer
 
-    def stage_lrs(self):
-        """Adapters at ``lr_lora`` times their ``stage_factors`` (top adapted stage first); the base stages
-        never train (their rate is only a placeholder the plan requires)."""
-        rates = {stage.name: self.hparams.lr_backbone for stage in self.stages}
-        adapters = list(reversed(self.adapter_stages))
-        factors = stage_factors(len(adapters), self.hparams.lr_ratio, self.hparams.lr_decay)
-        rates.update({name: self.hparams.lr_lora * factor for name, factor in zip(adapters, factors)})
-        rates[HEAD] = self.hparams.lr_head
-        return rates
-
-
-def merge(module: TransferModule) -> nn.Sequential:
-    """A plain copy of ``module``'s network, ``Sequential(backbone=..., head=...)``, with every LoRA
-    adapter folded into its layer's weight (``W + alpha/rank * B A``) and the peft wrappers removed,
-    so it runs without peft and its state dict has the original timm keys. ``module`` is unchanged."""
-    from peft.tuners.lora import LoraLayer
-
-    backbone = copy.deepcopy(module.backbone)
-    for name, layer in list(backbone.named_modules()):
-        if isinstance(layer, LoraLayer):
-            layer.merge(safe_merge=True)
-            parent, _, child = name.rpartition(".")
-            setattr(backbone.get_submodule(parent) if parent else backbone, child, layer.get_base_layer())
-    return nn.Sequential(OrderedDict(backbone=backbone, head=copy.deepcopy(module.head))).eval()
+        network = super().export_network()
+        backbone = network.backbone
+        for name, layer in list(backbone.named_modules()):
+            if isinstance(layer, LoraLayer):
+                layer.merge(safe_merge=True)
+                parent, _, child = name.rpartition(".")
+                setattr(backbone.get_submodule(parent) if parent else backbone, child, layer.get_base_layer())
+        return network
