@@ -111,10 +111,11 @@ def merge_overrides(*overrides: str, base=TINY) -> list[str]:
     return [o for o in base if override_key(o) not in keys] + list(overrides)
 
 
-def compose_config(*overrides: str, base=TINY):
-    """The real config from conf/, composed with ``base`` + ``overrides`` (no Hydra runtime)."""
+def compose_config(*overrides: str, base=TINY, config_name="config"):
+    """The real config from conf/ (``config_name``: train.py's, or ``advise``), composed with ``base`` + ``overrides``
+    (no Hydra runtime)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
-        return compose(config_name="config", overrides=merge_overrides(*overrides, base=base))
+        return compose(config_name=config_name, overrides=merge_overrides(*overrides, base=base))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -173,9 +174,9 @@ def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = Fa
     return result
 
 
-def run_config(run_dir, *overrides: str, base=TINY):
+def run_config(run_dir, *overrides: str, base=TINY, config_name="config"):
     """``compose_config`` for a run in ``run_dir`` (``paths.output_dir``), its data under ``run_dir/data``."""
-    config = compose_config(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"))
+    config = compose_config(*overrides, base=(*base, f"paths.data_dir={Path(run_dir) / 'data'}"), config_name=config_name)
     config.paths.output_dir = str(run_dir)
     return config
 
