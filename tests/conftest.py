@@ -154,6 +154,17 @@ def subprocess_env(**changes) -> dict:
     return env
 
 
+_RUNNING: dict = {}
+"""The test now running (``running_test``), so that ``run_train`` can refuse one that ``make test-fast`` would run."""
+
+
+@pytest.fixture(autouse=True)
+def running_test(request):
+    _RUNNING["test"] = request.node
+    yield
+    _RUNNING.pop("test", None)
+
+
 def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = False, env: dict | None = None,
               base=TINY, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python train.py <TINY> <overrides> hydra.run.dir=<tmp_path>`` from the repository root.
@@ -163,6 +174,9 @@ def run_train(tmp_path, *overrides: str, check: bool = True, multirun: bool = Fa
     With ``multirun`` the jobs go to ``hydra.sweep.dir=<tmp_path>``. ``env`` changes the child's
     environment (None removes a variable). stdout and stderr are captured together as text.
     """
+    test = _RUNNING.get("test")
+    if test is not None and test.get_closest_marker("slow") is None:
+        pytest.fail(f"{test.nodeid} starts train.py but is not marked slow: make test-fast runs no train.py subprocess")
     tmp_path = Path(tmp_path)
     args = merge_overrides(*overrides, base=(*base, f"paths.data_dir={tmp_path / 'data'}"))
     args.append(f"hydra.sweep.dir={tmp_path}" if multirun else f"hydra.run.dir={tmp_path}")
