@@ -56,14 +56,25 @@ def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
         p.stat().st_mtime < run_dir.stat().st_mtime for p in (ROOT / "logs" / "train" / "runs").iterdir())
 
 
-def test_multirun_with_ddp_runs_each_job_once(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_multirun(tmp_path_factory):
+    """One multirun under DDP, 2 epochs, two jobs: ``gradual`` and ``dann`` (a domain classifier and target batches),
+    both on an inverted target domain; (the completed process, the sweep directory). Read by the two tests that
+    follow (one xdist group: one worker runs it once)."""
+    tmp_path = tmp_path_factory.mktemp("ddp_multirun")
     sweep = tmp_path / "sweep"
-    done = train("-m", *GRADUAL, "trainer.max_epochs=2", "data.fraction=0.5,1.0", f"hydra.sweep.dir={sweep}", NO_REPORT,
-                 f"paths.data_dir={tmp_path}/data")
+    done = train("-m", *DDP, "trainer.max_epochs=2", "strategy=gradual,dann", "data.target_domain=invert",
+                 f"hydra.sweep.dir={sweep}", NO_REPORT, f"paths.data_dir={tmp_path}/data")
+    return done, sweep
+
+
+@pytest.mark.xdist_group("ddp_multirun")
+def test_multirun_with_ddp_runs_each_job_once(ddp_multirun):
+    done, sweep = ddp_multirun
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())
     assert len(jobs) == 2
-    assert ["data.fraction=0.5" in jobs[0].name, "data.fraction=1.0" in jobs[1].name] == [True, True]
+    assert ["strategy=dann" in jobs[0].name, "strategy=gradual" in jobs[1].name] == [True, True]
     for job in jobs:
         assert json.loads((job / "result.json").read_text())["status"] == "completed"
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
@@ -74,18 +85,16 @@ def test_multirun_with_ddp_runs_each_job_once(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", [pytest.param(["strategy=lora"], marks=pytest.mark.xdist_group("lora_ddp_run")),
-                                      ["strategy=dann", "data.target_domain=invert"]])
-def test_lora_and_dann_ddp_replicas_stay_identical(tmp_path, strategy, request):
-    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP, 2 epochs,
-    with the CSV logger alone (it writes the metrics.csv read here; W&B under DDP: the tests above). lora: the run
-    test_strategy_lora.py reads too (``lora_ddp_run``)."""
+                                      pytest.param(["strategy=dann"], marks=pytest.mark.xdist_group("ddp_multirun"))])
+def test_lora_and_dann_ddp_replicas_stay_identical(strategy, request):
+    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP, 2 epochs.
+    lora: the run test_strategy_lora.py reads too (``lora_ddp_run``); dann: the multirun's job (``ddp_multirun``)."""
     if strategy == ["strategy=lora"]:
         run_dir = request.getfixturevalue("lora_ddp_run")
     else:
-        run_dir = tmp_path / "run"
-        done = train(*DDP, *strategy, "logger=csv", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
-                     f"paths.data_dir={tmp_path}/data")
+        done, sweep = request.getfixturevalue("ddp_multirun")
         assert done.returncode == 0, done.stderr[-3000:]
+        run_dir = next(p for p in sweep.iterdir() if "strategy=dann" in p.name)
     rows = epochs_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
