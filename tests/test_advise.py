@@ -148,6 +148,7 @@ def test_advise_races_prints_writes_and_logs(tmp_path):
     assert pocket["ranked"][0]["val_acc_best"] >= pocket["ranked"][1]["val_acc_best"]
     jobs = [json.loads(p.read_text()) for p in (tmp_path / "pocket_race").glob("race/*/*/result.json")]
     assert len(jobs) == 4 and {j["train_size"] for j in jobs} == {100} and {j["max_epochs"] for j in jobs} == {1}
+    assert not list((tmp_path / "pocket_race").rglob("*.ckpt"))  # the trials' checkpoints, deleted once it finished
     first = [j for j in jobs if j["overrides"] and "strategy=full" in j["overrides"] and j["lr_head"] == 5e-4]
     assert len(first) == 1 and first[0]["lr_backbone"] == 3e-4  # full's tuned defaults, its first trial
     assert pick["command"].startswith(f"python train.py model=tiny data=synthetic paths.data_dir={tmp_path / 'data'}")
