@@ -58,6 +58,17 @@ def train_frozen_and_trained(tmp_path, module, datamodule, frozen: list[str], ep
     return changed(before_frozen, snapshot(module, frozen)), params - changed(before_trained, snapshot(module, trained))
 
 
+def train_split_off(tmp_path, strategy_cls, suffix: str):
+    """A ``ParameterEfficient`` strategy (bitfit, ssf) trained 2 epochs: its backbone stages come in pairs, each stage
+    and its split-off ``<stage><suffix>``; the first stays bit-identical (BatchNorm buffers included), every
+    parameter of the second moved. Returns the module."""
+    datamodule, module = build(strategy_cls)
+    frozen = [s.name for s in module.backbone_stages if not s.name.endswith(suffix)]
+    assert [s.name for s in module.backbone_stages] == [n for f in frozen for n in (f, f"{f}{suffix}")]
+    assert train_frozen_and_trained(tmp_path, module, datamodule, frozen) == (set(), set())
+    return module
+
+
 @pytest.mark.parametrize("strategy_cls,kwargs,frozen_names", [
     (Frozen, {}, "backbone"),
     (Partial, {"frozen_depth": 3}, 3),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_finetuning import build, resume_differences, train_frozen_and_trained
+from test_finetuning import resume_differences, train_split_off
 from tlexp.backbone import create_backbone
 from tlexp.freeze_plan import freeze
 from tlexp.strategies import BitFit
@@ -31,11 +31,7 @@ def test_exactly_the_biases_and_the_head_train(name):
 
 
 def test_weights_and_bn_statistics_bit_identical_after_training_and_every_bias_moved(tmp_path):
-    datamodule, module = build(BitFit)
-    frozen = [s.name for s in module.backbone_stages if not s.name.endswith(".biases")]
-    assert [s.name for s in module.backbone_stages] == [n for f in frozen for n in (f, f"{f}.biases")]
-    moved_frozen, unmoved_trained = train_frozen_and_trained(tmp_path, module, datamodule, frozen)
-    assert moved_frozen == set() and unmoved_trained == set()
+    module = train_split_off(tmp_path, BitFit, ".biases")
     assert all(not bn.training for stage in module.stages for bn in stage.batchnorms)  # bn_policy=frozen: eval mode
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import read_json
-from test_finetuning import build, resume_differences, train_frozen_and_trained
+from test_finetuning import resume_differences, train_split_off
 from tlexp.backbone import create_backbone
 from tlexp.export import load, locate, restore
 from tlexp.export import main as export_main
@@ -46,11 +46,7 @@ def test_starts_as_the_pretrained_network_with_only_scales_shifts_and_head_train
 
 
 def test_pretrained_weights_and_bn_statistics_bit_identical_after_training(tmp_path):
-    datamodule, module = build(SSF)
-    frozen = [s.name for s in module.backbone_stages if not s.name.endswith(".ssf")]
-    assert [s.name for s in module.backbone_stages] == [n for f in frozen for n in (f, f"{f}.ssf")]
-    moved_frozen, unmoved_trained = train_frozen_and_trained(tmp_path, module, datamodule, frozen)
-    assert moved_frozen == set() and unmoved_trained == set()
+    train_split_off(tmp_path, SSF, ".ssf")
 
 
 @pytest.mark.parametrize("name", MODELS)
