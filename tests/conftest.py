@@ -154,6 +154,23 @@ def subprocess_env(**changes) -> dict:
     return env
 
 
+START_TOGETHER = """
+import os, runpy, sys, time
+from pathlib import Path
+import tlexp.train  # the imports (seconds), before the start line
+ready, count = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
+(ready / str(os.getpid())).touch()
+deadline = time.monotonic() + 300
+while len(list(ready.iterdir())) < count and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+"""``python -c START_TOGETHER <dir> <count> <train.py's arguments>``: train.py, run once <count> processes started so
+have imported tlexp.train and written their pids into <dir> (race workers that start together: test_race.py,
+test_race_postgres.py)."""
+
+
 _RUNNING: dict = {}
 """The test now running (``running_test``), so that ``run_train`` can refuse one that ``make test-fast`` would run."""
 
@@ -382,3 +399,75 @@ def lora_ddp_run(tmp_path_factory):
     """``train.py strategy=lora trainer=ddp trainer.accelerator=cpu trainer.devices=2`` (tiny/synthetic, 2 epochs, CSV
     logger): two CPU processes (gloo). Read by test_strategy_lora.py and test_ddp.py's lora case; read-only."""
     return Path(once_per_suite(tmp_path_factory, "lora_ddp", _lora_ddp))
+
+
+class Postgres:
+    """A PostgreSQL server of this test session (``postgres``): ``database()`` creates a fresh database, its URL."""
+
+    def __init__(self, port: int):
+        self.port, self.made = port, 0
+
+    def url(self, name: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def database(self) -> str:
+        import psycopg2
+
+        self.made += 1
+        name = f"race{os.getpid()}_{self.made}"
+        connection = psycopg2.connect(self.url())
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        connection.close()
+        return self.url(name)
+
+
+def _postgres_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    return str(candidates[0]) if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server in a temporary directory for the session (trust authentication, 127.0.0.1, a free port),
+    stopped at the end; as root it runs as ``nobody`` (the server refuses root). Skipped where the binaries or the
+    psycopg2 driver are missing, or the server does not start."""
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg2", reason="no psycopg2 (pip install 'tlexp[postgres]')")
+    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl)")
+    home = Path(tempfile.mkdtemp(prefix="tlexp-pg-"))  # not under pytest's tmp dirs: those are private to root
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("nobody")
+        os.chown(home, user.pw_uid, user.pw_gid)
+        as_user = [shutil.which("runuser") or "runuser", "-u", "nobody", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = home / "data"
+    started = False
+    try:
+        steps = ([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                 [pg_ctl, "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "30", "start",
+                  "-o", f"-k {home} -c listen_addresses=127.0.0.1 -p {port} -F -c max_connections=200"])
+        for step in steps:
+            done = subprocess.run([*as_user, *step], capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                log = (home / "server.log").read_text()[-500:] if (home / "server.log").exists() else ""
+                pytest.skip(f"PostgreSQL did not start: {Path(step[0]).name}: {(done.stderr or done.stdout or log).strip()[-300:]}")
+        started = True
+        yield Postgres(port)
+    finally:
+        if started:
+            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats
 
-from conftest import NO_REPORT, PYTHON, REPO, TINY, merge_overrides, read_json, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, merge_overrides, read_json, subprocess_env
 from tlexp import race, study as studies, verdict
 
 
@@ -121,22 +121,6 @@ def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
     assert [(e["strategy"], e["test_acc"]) for e in again[0]["strategies"]] == [(e["strategy"], e["test_acc"]) for e in cell["strategies"]]
 
 
-START_TOGETHER = """
-import os, runpy, sys, time
-from pathlib import Path
-import tlexp.train  # the imports (seconds), before the start line
-ready = Path(sys.argv.pop(1))
-(ready / str(os.getpid())).touch()
-deadline = time.monotonic() + 300
-while len(list(ready.iterdir())) < 2 and time.monotonic() < deadline:
-    time.sleep(0.05)
-sys.argv[0] = "train.py"
-runpy.run_path("train.py", run_name="__main__")
-"""
-"""``python -c START_TOGETHER <dir> <train.py's arguments>``: train.py, run once every process started so has
-imported tlexp.train and written its pid into <dir>."""
-
-
 @pytest.mark.slow
 def test_two_workers_share_one_race(tmp_path):
     """Two train.py processes started at once with the same race directory and storage: 3 trials in all, no
@@ -148,7 +132,7 @@ def test_two_workers_share_one_race(tmp_path):
                            NO_REPORT, base=TINY)
     ready = tmp_path / "ready"
     ready.mkdir()
-    workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "-m", *args], cwd=REPO, env=subprocess_env(),
+    workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "2", "-m", *args], cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
@@ -223,10 +207,13 @@ def test_the_verdict_in_the_report(tmp_path):
 @pytest.mark.parametrize("override, key", [("race.trials=0", "race.trials"), ("race.seeds=two", "race.seeds"),
                                            ("race.seeds=-1", "race.seeds"), ("race.start_at_defaults=maybe", "race.start_at_defaults"),
                                            ("race.strategies=[full,nope]", "race.strategies"),
-                                           ("strategy.train_stages=[stem],[blocks.4]", "strategy.train_stages")])
+                                           ("strategy.train_stages=[stem],[blocks.4]", "strategy.train_stages"),
+                                           ("race.storage=nonsense", "race.storage"), ("race.storage=postgres://u@h/db", "race.storage"),
+                                           ("race.heartbeat=-1", "race.heartbeat")])
 def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
     """One clear error naming the key and what it accepts; nothing written. A sweep of a strategy's setting that no raced
-    strategy searches (surgical's stage set) is refused rather than dropped."""
+    strategy searches (surgical's stage set) is refused rather than dropped; a storage URL that does not parse, or names
+    no SQLAlchemy dialect (``postgres://``), is refused before any worker starts."""
     code, output = main_inprocess(tmp_path / "run", "experiment=race", override, f"hydra.sweep.dir={tmp_path / 'race'}")
     assert code != 0 and f"{key}=" in output and "accepted:" in output, output[-3000:]
     assert not (tmp_path / "race").exists()

@@ -15,8 +15,9 @@ strategy in ``race.strategies``:
    winner on the same seeds with its interval (scipy.stats.ttest_rel), "tied" where it covers 0, and the
    compute spent. Printed, and written to ``<race dir>/race.json``.
 
-The studies live in the storage (default ``<race dir>/race.db``), so the same command continues a race and
-several workers share one (tlexp.study); a confirmation job is run by the worker that locks it first.
+The studies live in the storage (default ``<race dir>/race.db``; ``postgresql://...`` for workers on several
+hosts), so the same command continues a race and several workers share one (tlexp.study); a confirmation job
+is run by the worker that locks it first.
 """
 
 from __future__ import annotations
@@ -112,9 +113,13 @@ class Race:
         self.seed = int(config.seed)
         self.storage = self.settings.storage or f"sqlite:///{(self.dir / 'race.db').resolve()}"
         self.strategies = list(self.settings.strategies)
-        for key, least in (("trials", 1), ("seeds", 0)):
+        for key, least in (("trials", 1), ("seeds", 0), ("heartbeat", 0)):
             if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < least:
                 raise ConfigError(f"race.{key}", self.settings[key], f"an integer >= {least}")
+        try:
+            studies.check_url(str(self.storage))
+        except InvalidValue as error:
+            raise ConfigError("race.storage", error.value, error.accepted, error.detail) from None
         if not isinstance(self.settings.start_at_defaults, bool):
             raise ConfigError("race.start_at_defaults", self.settings.start_at_defaults, "true or false")
         if not self.strategies:
@@ -138,7 +143,8 @@ class Race:
     def study(self, cell: str, strategy: str) -> optuna.Study:
         sampler = hydra.utils.instantiate(self.settings.sampler, _partial_=True)
         pruner = hydra.utils.instantiate(self.settings.pruner)
-        return studies.open_study(f"{cell}/{strategy}", self.storage, sampler, int(self.settings.sampler_seed), pruner=pruner)
+        return studies.open_study(f"{cell}/{strategy}", self.storage, sampler, int(self.settings.sampler_seed), pruner=pruner,
+                                  heartbeat=int(self.settings.heartbeat))
 
     # --- 1. search
     def search(self, cell: list[str], name: str, strategy: str) -> optuna.Study:
@@ -150,19 +156,21 @@ class Race:
             subdir = f"{name}/{strategy}/{studies.job_number(trial)}"
             trial.set_user_attr("job", subdir)
             try:
-                record = self.run_job(overrides, subdir, lambda cfg: self.trial_task(cfg, trial))
+                with studies.beating(study, trial):  # on a database server: another host's worker re-queues it if this one dies
+                    record = self.run_job(overrides, subdir, lambda cfg: self.trial_task(cfg, trial))
             except BaseException as error:  # noqa: BLE001 - Ctrl-C or a signal: the trial runs again next time
                 if not isinstance(error, Exception):
                     studies.release(study, trial, "interrupted")
                     raise
                 record = RunRecord(status=Status.FAILED, error=f"{type(error).__name__}: {error}")
+            # skip_if_finished: released meanwhile by another worker (its heartbeat lost for the grace period), it runs again
             if record.status == Status.PRUNED:  # told here, not raised through Hydra's job runner: not an error
-                study.tell(trial, state=TrialState.PRUNED)
+                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             elif record.status == Status.COMPLETED and record.val_acc_best is not None:
-                study.tell(trial, float(record.val_acc_best))
+                study.tell(trial, float(record.val_acc_best), skip_if_finished=True)
             else:
                 log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
-                study.tell(trial, state=TrialState.FAIL)  # counted: its settings used the budget
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # counted: its settings used the budget
         return study
 
     def enqueue_defaults(self, study: optuna.Study, cell: list[str], name: str, strategy: str) -> None:
@@ -187,25 +195,29 @@ class Race:
         return record
 
     # --- 2. confirm
-    def wait(self, study: optuna.Study) -> None:
-        """Until no trial of the study runs (in another worker): the best trial is final only then."""
+    def wait(self, study: optuna.Study) -> bool:
+        """Until no trial of the study runs (in another worker): the best trial is final only then. True where a
+        killed worker's trial was queued again meanwhile (within the budget): this worker runs it (``search``)."""
         while studies.reap(study) or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             log.info("waiting for the trials other workers run in %s", study.study_name)
-            time.sleep(5)
+            time.sleep(1 if studies.heartbeat_of(study) else 5)
+        return (bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+                and studies.used(study) < int(self.settings.trials))
 
     def confirm(self, cell: list[str], name: str, strategy: str, best: optuna.trial.FrozenTrial) -> list[Path]:
         seeds = [self.seed + k for k in range(int(self.settings.seeds))]
         jobs = {seed: f"{name}/{strategy}/confirm_seed{seed}" for seed in seeds}
         for wait in (False, True):  # first the free jobs, then those another worker held (done by now, or ours)
             for seed, subdir in jobs.items():
-                if self.finished(subdir):
-                    continue
-                with claimed(self.dir / f"{subdir}.lock") as mine:
-                    if mine:
-                        overrides = [*cell, f"strategy={strategy}", *search_space.as_overrides(best.params), f"seed={seed}"]
-                        self.run_job(overrides, subdir, self.confirm_task)
-                    elif wait:
-                        self.await_job(subdir)
+                while not self.finished(subdir):
+                    with claimed(self.dir / f"{subdir}.lock") as mine:
+                        if mine:  # free, or freed by a worker that died running it: run (resume) it once here
+                            overrides = [*cell, f"strategy={strategy}", *search_space.as_overrides(best.params), f"seed={seed}"]
+                            self.run_job(overrides, subdir, self.confirm_task)
+                            break
+                    if not wait:
+                        break
+                    time.sleep(2)
         return [self.dir / subdir for subdir in jobs.values()]
 
     @staticmethod
@@ -218,13 +230,6 @@ class Race:
         record = read_result(self.dir / subdir)
         return bool(record) and record.status in (Status.COMPLETED, Status.FAILED, Status.DIVERGED)
 
-    def await_job(self, subdir: str) -> None:
-        while not self.finished(subdir):
-            with claimed(self.dir / f"{subdir}.lock") as free:
-                if free:
-                    return  # its worker is gone without finishing it: the next run of the race does it
-            time.sleep(5)
-
     # --- the whole race
     def run(self) -> dict:
         verdicts = []
@@ -233,7 +238,8 @@ class Race:
             searched = {strategy: self.search(cell, name, strategy) for strategy in self.strategies}
             entries = []
             for strategy, study in searched.items():
-                self.wait(study)
+                while self.wait(study):
+                    self.search(cell, name, strategy)
                 completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 best = max(completed, key=lambda t: t.value) if completed else None
                 runs = self.confirm(cell, name, strategy, best) if best else []

@@ -38,12 +38,18 @@ class RaceSweeper(Sweeper):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def sweep(self, arguments: list[str]) -> None:
+        from tlexp import study
         from tlexp.race import Race
 
         try:
             race = Race(self.config, arguments, self.run_job, self.compose)  # checks race.* before anything is written
+            if not (str(race.storage).startswith("sqlite:") or study.is_journal(str(race.storage))):
+                study.storage(race.storage)  # the database server answers (retried), before any worker starts
         except InvalidValue as error:
             print(f"tlexp: error: {error}", file=sys.stderr)
+            sys.exit(1)
+        except study.StorageUnreachable as error:
+            print(f"tlexp: error: race.storage: {error}", file=sys.stderr)
             sys.exit(1)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         race.run()
