@@ -209,7 +209,7 @@ def test_the_verdict_in_the_report(tmp_path):
                                            ("race.strategies=[full,nope]", "race.strategies"),
                                            ("strategy.train_stages=[stem],[blocks.4]", "strategy.train_stages"),
                                            ("race.storage=nonsense", "race.storage"), ("race.storage=postgres://u@h/db", "race.storage"),
-                                           ("race.heartbeat=-1", "race.heartbeat")])
+                                           ("race.workers=0", "race.workers"), ("race.heartbeat=-1", "race.heartbeat")])
 def test_bad_race_settings_are_named(tmp_path, main_inprocess, override, key):
     """One clear error naming the key and what it accepts; nothing written. A sweep of a strategy's setting that no raced
     strategy searches (surgical's stage set) is refused rather than dropped; a storage URL that does not parse, or names

@@ -5,6 +5,7 @@ session's ``postgres`` fixture (skipped without one)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, merge_overrides, read_json, subprocess_env
+from conftest import CONF_DIR, NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, merge_overrides, read_json, subprocess_env
 from tlexp import study as studies
 
 
@@ -50,6 +51,14 @@ def test_an_unreachable_database_is_one_error(tmp_path, main_inprocess):
     assert code != 0 and "tlexp: error: race.storage: cannot open the Optuna storage postgresql" in output
     assert "me:***@127.0.0.1:1/race (5 attempts in " in output and "Connection refused" in output
     assert "secret" not in output and not (tmp_path / "race").exists()
+
+
+def hydra_config(*overrides: str):
+    """train.py's config with its ``hydra`` node, as the race's sweeper gets it (no Hydra runtime)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
 
 def trials_by_study(url: str, names) -> dict:
@@ -123,3 +132,88 @@ def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postg
         counted = [t for t in studies_now[e["strategy"]] if studies.counted(t)]
         best = max((t for t in counted if t.state == TrialState.COMPLETE), key=lambda t: t.value)
         assert e["best_trial"] == best.number and e["best_params"] == best.params and e["search"]["trials"] == 3
+
+
+@pytest.mark.slow
+def test_race_workers_run_as_one_submitit_array(tmp_path):
+    """``race.workers=2`` on this machine: one command submits two workers through submitit's local executor
+    (``map_array``, as on SLURM) on the race's SQLite file; both run as submitit jobs, share the race (each trial once)
+    and print the verdict the submitting command prints too."""
+    args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=4", "race.seeds=1",
+                           "race.strategies=[frozen]", "race.workers=2", f"hydra.sweep.dir={tmp_path}",
+                           f"paths.data_dir={tmp_path / 'data'}", NO_REPORT, base=TINY)
+    submitter = subprocess.Popen([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    output = submitter.communicate(timeout=600)[0]
+    assert submitter.returncode == 0, output[-4000:]
+    assert "2 race workers submitted (local)" in output
+    logs = sorted(tmp_path.glob(".submitit/*/*_log.out"))
+    assert len(logs) == 2, logs  # submitit's local executor: one job per task (<pid>_0_log.out); SLURM: <array>_<task>
+    results = sorted(tmp_path.glob(".submitit/*/*_result.pkl"))
+    assert len(results) == 2
+    printed = [verdict_of(p.read_text()) for p in logs]
+    assert printed[0] == printed[1] == verdict_of(output)
+    result = read_json(tmp_path / "race.json")
+    trials = trials_by_study(result["storage"], ["frozen"])["frozen"]
+    counted = [t for t in trials if studies.counted(t)]
+    assert sorted(t.number for t in counted) == [0, 1, 2, 3] and len({json.dumps(t.params, sort_keys=True) for t in counted}) == 4
+    pids = {int(t.user_attrs[studies.WORKER].rpartition(":")[2]) for t in counted}
+    assert 1 <= len(pids) <= 2 and submitter.pid not in pids  # run by the workers, not by the submitting command
+    assert len(list(tmp_path.glob("race/frozen/confirm_seed*/result.json"))) == 1
+
+
+
+def test_race_workers_on_slurm_are_one_array_of_one_gpu_tasks(tmp_path, monkeypatch):
+    """``hydra/launcher=slurm race.workers=3``: one sbatch script, an array of 3 tasks (all at once), each one task
+    with the launcher's GPUs, partition and time limit, running the same race command as one worker with the race
+    dir and storage made explicit and without the launcher's overrides. ``sbatch`` and ``srun`` are stand-ins here (no
+    cluster): the script submitit would hand to sbatch is kept and read."""
+    from tlexp import race_workers
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$(dirname "$0")/submitted.sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    storage = "postgresql://me:secret@db.cluster:5432/race"
+    task = ["experiment=race", "data.fraction=0.01", "race.workers=3", f"race.storage={storage}"]
+    hydra_overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+                       f"hydra.sweep.dir={tmp_path / 'race'}", NO_REPORT]
+    config = hydra_config(*task, *hydra_overrides)
+    jobs, cluster, logs = race_workers.submit(config, task, storage)
+    assert cluster == "slurm" and [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]
+    script = (bin_dir / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --time=90"):
+        assert line in script, script
+    command = race_workers.worker_command(config, task, storage)
+    assert command[2] == "-m" and logs == tmp_path / "race" / ".submitit"
+    assert command[-3:] == [f"hydra.sweep.dir={tmp_path / 'race'}", f"race.storage={storage}", "race.workers=1"]
+    assert NO_REPORT in command and "experiment=race" in command
+    assert not [c for c in command if c.startswith(("hydra/launcher", "hydra.launcher", "race.workers=3"))]
+
+
+def test_sqlite_is_refused_for_slurm_workers(tmp_path, main_inprocess):
+    """SLURM workers on several nodes cannot share one host's SQLite file: refused, naming race.storage; nothing written."""
+    code, output = main_inprocess(tmp_path / "run", "experiment=race", "race.workers=2", "hydra/launcher=slurm",
+                                  f"hydra.sweep.dir={tmp_path / 'race'}")
+    assert code != 0 and "race.storage=None is not accepted; accepted: postgresql://" in output, output[-3000:]
+    assert not (tmp_path / "race").exists()
+
+
+def test_a_failed_worker_is_one_error_naming_its_log(tmp_path, monkeypatch, capsys):
+    """A worker that exits non-zero (here a stand-in command) makes the submitting command print one line per failed
+    worker naming its submitit log, and return non-zero; no verdict is printed."""
+    import sys
+
+    from tlexp import race_workers
+
+    config = hydra_config("experiment=race", "race.workers=2", f"hydra.sweep.dir={tmp_path}")
+    failing = "import sys; print('tlexp: error: race.storage: cannot open', file=sys.stderr); sys.exit(1)"
+    monkeypatch.setattr(race_workers, "worker_command", lambda *_: [sys.executable, "-c", failing])
+    assert race_workers.launch(config, ["experiment=race", "race.workers=2"], "sqlite:///x.db") == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("failed (race.storage: cannot open; log: ") == 2 and "_log.err)" in captured.err
+    assert "tlexp race " not in captured.out

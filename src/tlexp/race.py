@@ -17,7 +17,7 @@ strategy in ``race.strategies``:
 
 The studies live in the storage (default ``<race dir>/race.db``; ``postgresql://...`` for workers on several
 hosts), so the same command continues a race and several workers share one (tlexp.study); a confirmation job
-is run by the worker that locks it first.
+is run by the worker that locks it first. ``race.workers=N`` submits N such workers as one array job (tlexp.race_workers).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Race:
         self.seed = int(config.seed)
         self.storage = self.settings.storage or f"sqlite:///{(self.dir / 'race.db').resolve()}"
         self.strategies = list(self.settings.strategies)
-        for key, least in (("trials", 1), ("seeds", 0), ("heartbeat", 0)):
+        for key, least in (("trials", 1), ("seeds", 0), ("workers", 1), ("heartbeat", 0)):
             if isinstance(self.settings[key], bool) or not isinstance(self.settings[key], int) or self.settings[key] < least:
                 raise ConfigError(f"race.{key}", self.settings[key], f"an integer >= {least}")
         try:

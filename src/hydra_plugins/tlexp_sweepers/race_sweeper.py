@@ -1,5 +1,6 @@
 """``experiment=race``: a Hydra sweeper that runs the race (tlexp.race) in this process, each trial and
-confirmation a job composed by Hydra from the race's config and overrides, as a sweep's jobs are."""
+confirmation a job composed by Hydra from the race's config and overrides, as a sweep's jobs are;
+``race.workers=N`` submits N such processes instead (tlexp.race_workers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from tlexp.errors import InvalidValue
+from tlexp.errors import ConfigError, InvalidValue
 
 
 class RaceSweeper(Sweeper):
@@ -38,11 +39,15 @@ class RaceSweeper(Sweeper):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
     def sweep(self, arguments: list[str]) -> None:
-        from tlexp import study
+        from tlexp import race_workers, study
         from tlexp.race import Race
 
         try:
             race = Race(self.config, arguments, self.run_job, self.compose)  # checks race.* before anything is written
+            slurm = str(self.config.hydra.launcher.get("_target_", "")).endswith(race_workers.SLURM)
+            if race.settings.workers > 1 and slurm and str(race.storage).startswith("sqlite:"):
+                raise ConfigError("race.storage", race.settings.storage, "postgresql://user@host:port/db or a journal file "
+                                  "<shared path>.log, for race.workers > 1 on SLURM (SQLite is one host's file)")
             if not (str(race.storage).startswith("sqlite:") or study.is_journal(str(race.storage))):
                 study.storage(race.storage)  # the database server answers (retried), before any worker starts
         except InvalidValue as error:
@@ -52,4 +57,8 @@ class RaceSweeper(Sweeper):
             print(f"tlexp: error: race.storage: {error}", file=sys.stderr)
             sys.exit(1)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        if race.settings.workers > 1:
+            if code := race_workers.launch(self.config, arguments, str(race.storage)):
+                sys.exit(code)
+            return
         race.run()
