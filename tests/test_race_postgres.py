@@ -87,14 +87,15 @@ def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postg
     workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "2", "-m", *args], cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     victim, deadline = None, time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline:  # the first worker seen in a trial's first epoch is killed
+    while victim is None and time.monotonic() < deadline:  # the first worker seen running a trial's job is killed
         try:
             trials = [t for ts in trials_by_study(url, strategies[:1]).values() for t in ts]
         except KeyError:  # the study is not created yet
             trials = []
         for trial in trials:
             pid = int(trial.user_attrs.get(studies.WORKER, ":0").rpartition(":")[2])
-            if trial.state == TrialState.RUNNING and not trial.intermediate_values and pid in {w.pid for w in workers}:
+            running = trial.state == TrialState.RUNNING and "job" in trial.user_attrs  # its settings drawn, its job started
+            if running and not trial.intermediate_values and pid in {w.pid for w in workers}:
                 victim = next(w for w in workers if w.pid == pid)
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()

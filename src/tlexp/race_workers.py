@@ -12,12 +12,13 @@ worker is one line naming its log, and a non-zero exit.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from tlexp.errors import ConfigError
 
 SLURM = "SlurmLauncher"
 """The hydra-submitit-launcher ``_target_`` whose resources go to SLURM; any other launcher: this machine."""
@@ -40,7 +41,10 @@ def worker_command(config: DictConfig, arguments: list[str], storage: str) -> li
 
 def executor(config: DictConfig, folder: Path):
     """A submitit executor with the composed launcher's resources, translated as hydra-submitit-launcher does."""
-    import submitit
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("race.workers", int(config.race.workers), "1 without submitit (pip install 'tlexp[sweep]')") from None
 
     launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
     target = str(launcher.pop("_target_", ""))
@@ -59,12 +63,25 @@ def executor(config: DictConfig, folder: Path):
     return result, cluster
 
 
-def run_worker(command: list[str], cwd: str, index: int) -> str:
-    """One array task: the worker's command; its output (raises submitit's FailedJobError where it exits non-zero)."""
-    from submitit.helpers import CommandFunction
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # the sweep extra is not installed: race.workers > 1 says so where it is used
+    Checkpointable = object
 
-    env = {**os.environ, "TLEXP_RACE_WORKER": str(index)}
-    return CommandFunction(command, cwd=cwd, env=env, verbose=True)()
+
+class Worker(Checkpointable):
+    """One array task: the worker's command; its output (submitit's FailedJobError where it exits non-zero).
+    Checkpointable: at the SLURM time limit or a preemption submitit requeues the task (``max_num_timeout``), and
+    the requeued worker continues the race like any worker started again."""
+
+    def __init__(self, command: list[str], cwd: str):
+        self.command, self.cwd = command, cwd
+
+    def __call__(self, index: int) -> str:
+        from submitit.helpers import CommandFunction
+
+        env = {**os.environ, "TLEXP_RACE_WORKER": str(index)}
+        return CommandFunction(self.command, cwd=self.cwd, env=env, verbose=True)()
 
 
 def submit(config: DictConfig, arguments: list[str], storage: str) -> tuple[list, str, Path]:
@@ -75,7 +92,7 @@ def submit(config: DictConfig, arguments: list[str], storage: str) -> tuple[list
     pool, cluster = executor(config, folder)
     command = worker_command(config, arguments, storage)
     cwd = str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd())
-    return pool.map_array(functools.partial(run_worker, command, cwd), range(n)), cluster, folder.parent
+    return pool.map_array(Worker(command, cwd), range(n)), cluster, folder.parent
 
 
 def reason(error: str) -> str:

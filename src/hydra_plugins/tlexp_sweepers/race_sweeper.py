@@ -58,7 +58,12 @@ class RaceSweeper(Sweeper):
             sys.exit(1)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         if race.settings.workers > 1:
-            if code := race_workers.launch(self.config, arguments, str(race.storage)):
+            try:
+                code = race_workers.launch(self.config, arguments, str(race.storage))
+            except InvalidValue as error:
+                print(f"tlexp: error: {error}", file=sys.stderr)
+                sys.exit(1)
+            if code:
                 sys.exit(code)
             return
         race.run()
