@@ -464,7 +464,8 @@ def postgres():
             done = subprocess.run([*as_user, *step], capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
                 log = (home / "server.log").read_text()[-500:] if (home / "server.log").exists() else ""
-                pytest.skip(f"PostgreSQL did not start: {Path(step[0]).name}: {(done.stderr or done.stdout or log).strip()[-300:]}")
+                said = (done.stderr or done.stdout or log).strip()[-300:]
+                pytest.skip(f"PostgreSQL did not start: {Path(step[0]).name} exited {done.returncode}: {said}")
         started = True
         yield Postgres(port)
     finally:
