@@ -218,3 +218,9 @@ def test_a_failed_worker_is_one_error_naming_its_log(tmp_path, monkeypatch, caps
     captured = capsys.readouterr()
     assert captured.err.count("failed (race.storage: cannot open; log: ") == 2 and "_log.err)" in captured.err
     assert "tlexp race " not in captured.out
+
+
+def test_no_password_in_what_is_shown():
+    """``shown``: the URL with *** for a password (messages, race.json, the printed verdict); other storages as they are."""
+    assert studies.shown("postgresql://me:secret@db:5432/race") == "postgresql://me:***@db:5432/race"
+    assert studies.shown("sqlite:////tmp/race.db") == "sqlite:////tmp/race.db" and studies.shown("runs/race.log") == "runs/race.log"

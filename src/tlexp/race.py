@@ -245,8 +245,10 @@ class Race:
                 runs = self.confirm(cell, name, strategy, best) if best else []
                 entries.append(entry(strategy, study, best, runs))
             verdicts.append({"cell": name, "overrides": cell, "strategies": verdict(entries)})
-        result = {"race_dir": str(self.dir), "storage": self.storage, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "settings": OmegaConf.to_container(self.settings, resolve=True), "cells": verdicts}
+        settings = OmegaConf.to_container(self.settings, resolve=True)
+        settings["storage"] = settings["storage"] and studies.shown(str(settings["storage"]))  # no password in race.json
+        result = {"race_dir": str(self.dir), "storage": studies.shown(str(self.storage)), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "settings": settings, "cells": verdicts}
         (self.dir / RACE_FILE).write_text(json.dumps(result, indent=2, default=str))
         print("\n" + format_race(result), flush=True)
         return result
