@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ from optuna.trial import TrialState
 from tlexp import search_space, study as studies
 from tlexp.errors import ConfigError, InvalidValue
 from tlexp.results import RACE_FILE, RunRecord, Status, read_result
+from tlexp.shared_files import claimed, write_atomic
 from tlexp.verdict import format_race, verdict
 
 log = logging.getLogger("tlexp.race")
@@ -48,11 +48,6 @@ OBJECTIVE = "val/acc_best"
 TRIAL = ("test=false", "callbacks.layer_movement=null")
 """A search trial is not tested (selection on validation only) and skips the per-stage movement analysis
 (seconds per trial; the confirmation runs keep it)."""
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: workers do not share confirmation jobs (each may run them)
-    fcntl = None
 
 RunJob = Callable[[list[str], str, Callable[[DictConfig], Any]], Any]
 """(overrides, job subdirectory, task(cfg)) -> the task's value: runs one job composed by Hydra."""
@@ -79,26 +74,6 @@ def cell_name(cell: list[str], arguments: list[str]) -> str:
     """The cell's directory: its swept values (``data.fraction=0.01``), or ``race`` without sweeps."""
     swept = [o for o in cell if o not in arguments]
     return ",".join(swept) or "race"
-
-
-@contextmanager
-def claimed(path: Path):
-    """True while this process holds ``path``'s lock (taken if free), else False; the kernel drops it when
-    the process ends, however it ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield True
-        return
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Race:
@@ -204,9 +179,12 @@ class Race:
         return (bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
                 and studies.used(study) < int(self.settings.trials))
 
-    def confirm(self, cell: list[str], name: str, strategy: str, best: optuna.trial.FrozenTrial) -> list[Path]:
-        seeds = [self.seed + k for k in range(int(self.settings.seeds))]
-        jobs = {seed: f"{name}/{strategy}/confirm_seed{seed}" for seed in seeds}
+    def confirmations(self, name: str, strategy: str) -> dict[int, str]:
+        """seed -> the confirmation job's subdirectory."""
+        return {seed: f"{name}/{strategy}/confirm_seed{seed}" for seed in (self.seed + k for k in range(int(self.settings.seeds)))}
+
+    def confirm(self, cell: list[str], name: str, strategy: str, best: optuna.trial.FrozenTrial) -> None:
+        jobs = self.confirmations(name, strategy)
         for wait in (False, True):  # first the free jobs, then those another worker held (done by now, or ours)
             for seed, subdir in jobs.items():
                 while not self.finished(subdir):
@@ -218,7 +196,6 @@ class Race:
                     if not wait:
                         break
                     time.sleep(2)
-        return [self.dir / subdir for subdir in jobs.values()]
 
     @staticmethod
     def confirm_task(cfg: DictConfig) -> None:
@@ -232,26 +209,42 @@ class Race:
 
     # --- the whole race
     def run(self) -> dict:
-        verdicts = []
         for cell in self.cells:
             name = cell_name(cell, self.arguments)
             searched = {strategy: self.search(cell, name, strategy) for strategy in self.strategies}
-            entries = []
             for strategy, study in searched.items():
                 while self.wait(study):
                     self.search(cell, name, strategy)
-                completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                best = max(completed, key=lambda t: t.value) if completed else None
-                runs = self.confirm(cell, name, strategy, best) if best else []
+                if best := best_trial(study):
+                    self.confirm(cell, name, strategy, best)
+        result = self.result()
+        write_atomic(self.dir / RACE_FILE, json.dumps(result, indent=2, default=str))  # every worker writes the same
+        print("\n" + format_race(result), flush=True)
+        return result
+
+    def result(self) -> dict:
+        """The verdict from the storage (every worker's trials) and the confirmations' result.json, whichever worker ran
+        them: the same for every worker once the race is done, and for anyone who reads it again later."""
+        verdicts = []
+        for cell in self.cells:
+            name = cell_name(cell, self.arguments)
+            entries = []
+            for strategy in self.strategies:
+                study = self.study(name, strategy)
+                best = best_trial(study)
+                runs = [self.dir / subdir for subdir in self.confirmations(name, strategy).values()] if best else []
                 entries.append(entry(strategy, study, best, runs))
             verdicts.append({"cell": name, "overrides": cell, "strategies": verdict(entries)})
         settings = OmegaConf.to_container(self.settings, resolve=True)
         settings["storage"] = settings["storage"] and studies.shown(str(settings["storage"]))  # no password in race.json
-        result = {"race_dir": str(self.dir), "storage": studies.shown(str(self.storage)), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "settings": settings, "cells": verdicts}
-        (self.dir / RACE_FILE).write_text(json.dumps(result, indent=2, default=str))
-        print("\n" + format_race(result), flush=True)
-        return result
+        return {"race_dir": str(self.dir), "storage": studies.shown(str(self.storage)), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "settings": settings, "cells": verdicts}
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The completed trial with the best val/acc_best; None before any completed."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(completed, key=lambda t: t.value) if completed else None
 
 
 def spent(study: optuna.Study) -> dict:

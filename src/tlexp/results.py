@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import secrets
 import statistics
 import threading
 from dataclasses import dataclass, field, fields
@@ -20,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from tlexp import liveness
+from tlexp.shared_files import write_atomic
 
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "sweep_summary.json"
@@ -176,13 +175,8 @@ _writing = threading.Lock()  # the job's main thread and its heartbeat thread bo
 def write_result(output_dir: str | Path, record: RunRecord) -> Path:
     """Atomically (a reader never sees half a file); the record is read under the lock, so the last write is
     also the newest state."""
-    path = Path(output_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _writing:
-        partial = path.with_name(f".{RESULT_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # hosts share pids
-        partial.write_text(json.dumps(record.to_json(), indent=2, default=str))
-        os.replace(partial, path)
-    return path
+        return write_atomic(Path(output_dir) / RESULT_FILE, json.dumps(record.to_json(), indent=2, default=str))
 
 
 def read_result(job_dir: str | Path) -> RunRecord | None:

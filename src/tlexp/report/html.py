@@ -17,6 +17,7 @@ from tlexp.report.series import choose_fraction
 from tlexp.report.tables import (Table, verdict_table, compares_depths, cost_table, dataset_table, depth_table, few_shot_table, gain_table,
                                  jobs_table, movement_table, race_curves, race_table, unfinished_table, verdict_display)
 from tlexp.results import RACE_FILE, SUMMARY_FILE, Job, load_jobs
+from tlexp.shared_files import write_atomic
 
 REPORT_JSON = "report.json"
 
@@ -165,14 +166,14 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
                      + table_html(unfinished, "unfinished"))
     parts.append("<h2 id='jobs'>All jobs</h2>" + table_html(overview, "jobs") + "</body></html>")
     html_path = out / "report.html"
-    html_path.write_text("\n".join(parts))
+    write_atomic(html_path, "\n".join(parts))  # a worker may read it while another writes
     tables = {s.key: s.table.as_dicts() for s in sections} | {"jobs": overview.as_dicts(), "unfinished": unfinished.as_dicts(),
                                                              "verdict": verdict.as_dicts()}
     figures_written = {s.key: s.figure.name for s in sections if s.figure is not None}
     if search_figure is not None:
         figures_written["race_search"] = search_figure.name
-    (out / REPORT_JSON).write_text(json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
-                                              indent=1, default=str))
+    write_atomic(out / REPORT_JSON, json.dumps({"sweep_dir": str(sweep_dir), "tables": tables, "figures": figures_written},
+                                           indent=1, default=str))
     return html_path
 
 
