@@ -3,14 +3,19 @@ sweep), which failed and why; then the report and one W&B summary run of the swe
 
 Registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks``. It runs in the process that
 launched the sweep (also with the joblib and submitit launchers) and reads only the job directories,
-so it sees the jobs of every launcher and of every earlier invocation into the same sweep directory.
+so it sees the jobs of every launcher and of every earlier invocation into the same sweep directory. Several
+processes that end one sweep (race workers, invocations on several hosts into one sweep directory, the command that
+submitted race workers) do it one after the other (a lock in the sweep directory), each from every job found there,
+and log to the same W&B summary run (``summary_run_id``): the last to end leaves the whole study.
 WandbProbe, registered beside it, asks whether the W&B server answers once per sweep, before any job starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,11 @@ from tlexp.report.wandb_charts import charts
 from tlexp.report import generate, report_figures
 from tlexp.report.tables import verdict_table
 from tlexp.results import SUMMARY_FILE, Job, Status, load_jobs
+from tlexp.shared_files import claimed, write_atomic
 
 log = logging.getLogger("tlexp.sweep")
+LOCK_FILE = ".sweep_summary.lock"
+"""Held by the process that ends the sweep: the summary, the report and the summary run are made by one at a time."""
 
 
 def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> str:
@@ -35,6 +43,21 @@ def sweep_group(config: DictConfig, sweep_dir: Path, jobs: list[Job] = ()) -> st
     if len(groups) == 1:
         return groups.pop()
     return config.get("group") or sweep_dir.name
+
+
+def summary_run_id(group: str, sweep_dir: Path) -> str:
+    """The W&B id of the sweep's summary run: the same in every process that ends the sweep, so that each later one
+    resumes the run rather than adding one. From the group and the sweep directory's name (not its path, which hosts
+    that mount a shared file system at different places see differently; two sweeps of one experiment share a group)."""
+    return "summary-" + hashlib.sha1(f"{group}\0{sweep_dir.resolve().name}".encode()).hexdigest()[:16]
+
+
+def keep_newest_offline(run_dir: Path, run_id: str) -> None:
+    """Offline, W&B writes each resumption of a run into a directory of its own (``offline-run-<time>-<id>-1``):
+    only the newest is kept, which holds every job, so the sweep directory has one summary run to sync."""
+    for older in run_dir.parent.glob(f"offline-run-*-{run_id}*"):
+        if older != run_dir:
+            shutil.rmtree(older, ignore_errors=True)
 
 
 BUCKETS = (Status.COMPLETED, Status.SKIPPED, Status.PRUNED, Status.DIVERGED, Status.INTERRUPTED, Status.KILLED,
@@ -112,8 +135,8 @@ def jobs_as_table(jobs: list[Job]):
 
 def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: list[Job], summary: dict,
                     figures: list[Path]) -> str | None:
-    """One W&B run (job_type=summary) in the sweep's group: the jobs table, the report's figures and its
-    views as custom charts (``tlexp.report.wandb_charts``).
+    """One W&B run (job_type=summary) in the sweep's group, resumed by every process that ends the sweep
+    (``summary_run_id``): the jobs table, the report's figures and its views as custom charts (``tlexp.report.wandb_charts``).
     Offline without credentials or a server that answers (tlexp.loggers.resolve_wandb_mode); never prompts."""
     import wandb
 
@@ -121,8 +144,9 @@ def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: l
     mode = resolve_wandb_mode(options, sweep_dir)
     if mode == "disabled":
         return None
+    run_id = summary_run_id(group, sweep_dir)
     run = wandb.init(project=options.get("project"), entity=options.get("entity"), group=group, job_type="summary",
-                     name=f"{group}/summary", dir=str(sweep_dir), mode=mode, tags=["sweep-summary"],
+                     id=run_id, resume="allow", name=f"{group}/summary", dir=str(sweep_dir), mode=mode, tags=["sweep-summary"],
                      config={"sweep_dir": str(sweep_dir), "group": group},
                      settings=wandb.Settings(init_timeout=60, silent=True))
     try:
@@ -137,9 +161,11 @@ def log_summary_run(logger_cfg: DictConfig, sweep_dir: Path, group: str, jobs: l
         completed = [job.test_acc for job in jobs if job.completed and job.test_acc is not None]
         if completed:
             run.summary["test/acc_best"] = max(completed)
-        return run.dir
     finally:
         run.finish()
+    if mode == "offline":
+        keep_newest_offline(Path(run.dir).parent, run_id)
+    return run.dir
 
 
 class SweepSummary(Callback):
@@ -158,12 +184,14 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with claimed(sweep_dir / LOCK_FILE, wait=True):  # another worker ending the sweep: after it, with its jobs too
+            self.finish(config, sweep_dir)
+
+    def finish(self, config: DictConfig, sweep_dir: Path) -> None:
         jobs = load_jobs(sweep_dir)
         group = sweep_group(config, sweep_dir, jobs)
         summary = summarize(sweep_dir, jobs, self.done_before, group)
-        summary_path = sweep_dir / SUMMARY_FILE
-        summary_path.write_text(json.dumps(summary, indent=2, default=str))  # the report reads it
+        summary_path = write_atomic(sweep_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))  # the report reads it
         figures: list[Path] = []
         if self.report:
             try:
@@ -179,7 +207,7 @@ class SweepSummary(Callback):
             except Exception as error:
                 log.exception("W&B summary run failed")
                 summary["wandb_error"] = f"{type(error).__name__}: {error}"
-        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        write_atomic(summary_path, json.dumps(summary, indent=2, default=str))
         print("\n" + format_summary(summary) + f"\nsummary: {summary_path}"
               + (f"\nreport:  {summary['report']}" if "report" in summary else ""), flush=True)
 
