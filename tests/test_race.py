@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import open_dict
 from optuna.trial import TrialState
 from scipy import stats
 
-from conftest import NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, merge_overrides, read_json, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, compose_config, merge_overrides, read_json, subprocess_env
 from tlexp import race, study as studies, verdict
+
+WANDB = Path(PYTHON).with_name("wandb")
 
 
 def make_study(url=None, seed=7):
@@ -121,30 +125,84 @@ def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
     assert [(e["strategy"], e["test_acc"]) for e in again[0]["strategies"]] == [(e["strategy"], e["test_acc"]) for e in cell["strategies"]]
 
 
-@pytest.mark.slow
-def test_two_workers_share_one_race(tmp_path):
-    """Two train.py processes started at once with the same race directory and storage: 3 trials in all, no
-    settings run twice, each confirmation once, and both print the same verdict. "At once": each waits, past its
-    imports, for the other (``START_TOGETHER``): a trial here takes about a second, and the first process to get
-    through its imports (several seconds, more on a busy CPU) would otherwise run all three alone."""
-    args = merge_overrides("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1",
-                           "race.strategies=[frozen]", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
-                           NO_REPORT, base=TINY)
-    ready = tmp_path / "ready"
+TWO_WORKERS = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=1", "race.trials=3", "race.seeds=1", "race.strategies=[frozen]",
+               "logger=wandb")
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Two train.py processes started at once with the same race directory and storage (offline W&B runs, the report):
+    (the race dir, the task's overrides, their outputs). "At once": each waits, past its imports, for the other
+    (``START_TOGETHER``): a trial here takes about a second, and the first process to get through its imports (several
+    seconds, more on a busy CPU) would otherwise run all three alone."""
+    race_dir = tmp_path_factory.mktemp("two_workers")
+    task = merge_overrides(*TWO_WORKERS, f"paths.data_dir={race_dir / 'data'}", base=TINY)
+    args = [*task, f"hydra.sweep.dir={race_dir}"]
+    ready = race_dir / "ready"
     ready.mkdir()
     workers = [subprocess.Popen([PYTHON, "-c", START_TOGETHER, str(ready), "2", "-m", *args], cwd=REPO, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    result = read_json(tmp_path / "race.json")
+    return race_dir, task, outputs
+
+
+TWO_WORKERS_TESTS = pytest.mark.xdist_group("test_race.two_workers")
+"""The tests that read the module fixture ``two_workers``: on one xdist worker, which runs it once."""
+
+
+@pytest.mark.slow
+@TWO_WORKERS_TESTS
+def test_two_workers_share_one_race(two_workers):
+    """3 trials in all, no settings run twice, each confirmation once, and both print the same verdict."""
+    race_dir, _, outputs = two_workers
+    result = read_json(race_dir / "race.json")
     study = optuna.load_study(study_name="race/frozen", storage=result["storage"])
     counted = [t for t in study.trials if studies.counted(t)]
     assert len(counted) == 3 and len({json.dumps(t.params, sort_keys=True) for t in counted}) == 3
     workers_seen = {t.user_attrs["worker"] for t in counted}
     assert len(workers_seen) == 2, workers_seen  # both took part
-    confirmations = list(tmp_path.glob("race/frozen/confirm_seed*/result.json"))
+    confirmations = list(race_dir.glob("race/frozen/confirm_seed*/result.json"))
     assert len(confirmations) == 1 and read_json(confirmations[0])["status"] == "completed"
     assert all("tlexp race" in out for out in outputs)
+
+
+@pytest.mark.slow
+@TWO_WORKERS_TESTS
+def test_two_workers_end_as_one_study(two_workers):
+    """Both workers end the sweep, one after the other: every job of either in one W&B group (the race dir's name), one
+    W&B summary run (the later worker resumed the earlier's) counting every job, sweep_summary.json and the report
+    listing every job, and race.json and the printed verdict as the storage gives them read again now."""
+    from tlexp import sweep
+
+    race_dir, task, outputs = two_workers
+    records = {str(p.parent.relative_to(race_dir)): read_json(p) for p in race_dir.glob("race/frozen/*/result.json")}
+    assert len(records) == 4 and {r["group"] for r in records.values()} == {race_dir.name}
+    runs = [wandb_run(path) for path in race_dir.glob("race/frozen/*/wandb/offline-run-*")]
+    assert len(runs) == 4 and {run["run_group"] for run in runs} == {race_dir.name}
+    (summary_run,) = race_dir.glob("wandb/offline-run-*")
+    info, inspected = wandb_run(summary_run), wandb_run(summary_run, "--summary")
+    assert info["run_group"] == race_dir.name and info["job_type"] == "summary" and inspected["summary"]["jobs/total"] == 4
+    assert inspected["run_id"] == sweep.summary_run_id(race_dir.name, race_dir)
+    assert all(out.count("tlexp sweep ") == 1 and ": 4 completed, " in out for out in outputs)
+    assert {e["job"] for key in ("completed", "skipped") for e in read_json(race_dir / "sweep_summary.json")[key]} == set(records)
+    assert {row["job"] for row in read_json(race_dir / "report.json")["tables"]["jobs"]} == set(records)
+    config = compose_config(*task, base=())
+    with open_dict(config):
+        config.hydra = {"sweep": {"dir": str(race_dir)}}
+    again = race.Race(config, task, run_job=None, compose=None).result()
+    assert read_json(race_dir / "race.json")["cells"] == json.loads(json.dumps(again["cells"]))
+    assert all(verdict.format_race(again) in out for out in outputs)
+
+
+def wandb_run(run_dir, *options) -> dict:
+    """An offline W&B run read back (``wandb leet inspect --json``): its run record, or with ``--summary`` its summary."""
+    out = subprocess.run([str(WANDB), "leet", "inspect", *options, "--json", str(run_dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if options:
+        return json.loads(out.stdout)
+    return next(r["run"] for r in map(json.loads, filter(str.strip, out.stdout.splitlines())) if r.get("type") == "run")
 
 
 def test_a_pretrained_backbone_is_read_once_and_built_as_before(tmp_path):

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, NO_REPORT, REPO, read_json, run_train
+from tlexp import sweep as sweeps
 from tlexp.strategies import STRATEGIES as STRATEGY_REGISTRY
 
 STRATEGIES = ("frozen", "full")
@@ -172,11 +173,10 @@ def test_wandb_runs_share_the_sweep_group(sweep):
     for run_dir in job_runs:
         info = wandb_run_info(run_dir)
         assert info["run_group"] == group and info["job_type"] == "train"
-    summary_runs = sorted(sweep_dir.glob("wandb/offline-run-*"))
-    assert len(summary_runs) == 2  # one per invocation
-    info = wandb_run_info(summary_runs[-1])
-    assert info["run_group"] == group and info["job_type"] == "summary"
-    summary = wandb_summary(summary_runs[-1])["summary"]
+    (summary_run,) = sweep_dir.glob("wandb/offline-run-*")  # one for both invocations: the second resumed the first's
+    info, inspected = wandb_run_info(summary_run), wandb_summary(summary_run)
+    assert info["run_group"] == group and info["job_type"] == "summary" and inspected["run_id"] == sweeps.summary_run_id(group, sweep_dir)
+    summary = inspected["summary"]
     assert summary["jobs/skipped"] == 4 and summary["jobs/failed"] == 2
     assert "jobs" in summary and any(key.startswith("report/") for key in summary)  # the table and the figures
     # the report's views as W&B custom charts: wandb keeps a chart's data under "<key>_table", its panel in the config
@@ -191,7 +191,7 @@ def test_sync_wandb_dry_run_lists_offline_runs(sweep):
     out = subprocess.run([sys.executable, "scripts/sync_wandb.py", str(sweep_dir), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("6 offline W&B run(s)") and out.stdout.count("offline-run-") == 6
+    assert out.stdout.startswith("5 offline W&B run(s)") and out.stdout.count("offline-run-") == 5  # 4 jobs, 1 summary
 
 
 # --- other launchers and sweepers ------------------------------------------------------------------------
