@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from tlexp import devices
 from tlexp.errors import ConfigError
 
 SLURM = "SlurmLauncher"
@@ -70,17 +71,18 @@ except ImportError:  # the sweep extra is not installed: race.workers > 1 says s
 
 
 class Worker(Checkpointable):
-    """One array task: the worker's command; its output (submitit's FailedJobError where it exits non-zero).
+    """One array task: the worker's command, on its own GPU of ``gpus`` (tlexp.devices); its output (submitit's
+    FailedJobError where it exits non-zero).
     Checkpointable: at the SLURM time limit or a preemption submitit requeues the task (``max_num_timeout``), and
     the requeued worker continues the race like any worker started again."""
 
-    def __init__(self, command: list[str], cwd: str):
-        self.command, self.cwd = command, cwd
+    def __init__(self, command: list[str], cwd: str, gpus: list[str] = ()):
+        self.command, self.cwd, self.gpus = command, cwd, list(gpus)
 
     def __call__(self, index: int) -> str:
         from submitit.helpers import CommandFunction
 
-        env = {**os.environ, "TLEXP_RACE_WORKER": str(index)}
+        env = {**os.environ, "TLEXP_RACE_WORKER": str(index), **devices.worker_env(index, self.gpus)}
         return CommandFunction(self.command, cwd=self.cwd, env=env, verbose=True)()
 
 
@@ -92,7 +94,8 @@ def submit(config: DictConfig, arguments: list[str], storage: str) -> tuple[list
     pool, cluster = executor(config, folder)
     command = worker_command(config, arguments, storage)
     cwd = str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd())
-    return pool.map_array(Worker(command, cwd), range(n)), cluster, folder.parent
+    gpus = devices.visible() if cluster == "local" else []  # this machine's, one each (tlexp.devices); SLURM pins its own
+    return pool.map_array(Worker(command, cwd, gpus), range(n)), cluster, folder.parent
 
 
 def reason(error: str) -> str:

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp import config, liveness
+from tlexp import config, devices, liveness
 from tlexp.backbone import timm_name
 from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Heartbeat, Interrupted, Interruption
 from tlexp.errors import ConfigError, InvalidValue
@@ -122,7 +122,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, *, callbacks: S
         callbacks = [*(hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c), *callbacks,
                      *cache_callbacks(cfg.strategy),  # frozen, partial, gradual: the feature cache their cache_* keys set
                      EpochSeeder(cfg.seed), EpochTimer(), DivergenceGuard(), Interruption(Path(output_dir) / CHECKPOINT_DIR)]
-        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+        own_gpu = (devices.trainer_devices(cfg.trainer, OmegaConf.select(HydraConfig.get(), "job.num", default=0))
+                   if job_identity(cfg)[2] else None)  # side by side on one machine: each job its own GPU
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers,
+                                                     **({"devices": own_gpu} if own_gpu else {}))
         derived = derived_values(datamodule, module)
         fields = {**settings(datamodule, module, trainer), "seed": cfg.seed, **derived,
                   "skipped_files": len(getattr(datamodule, "skipped_files", ()))}
