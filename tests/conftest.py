@@ -58,7 +58,7 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
-ONE_WORKER_FIXTURES = ("strategy_sweep", "lora_ddp_run")
+ONE_WORKER_FIXTURES = ("strategy_sweep", "ddp_multirun")
 """Session fixtures whose tests form one xdist group: one worker computes the fixture and runs them all (a test
 that asks for one through ``request.getfixturevalue`` marks itself ``xdist_group(<fixture name>)``)."""
 
@@ -389,16 +389,24 @@ def strategy_sweep(tmp_path_factory):
     return result, {name: Path(path) for name, path in done["runs"].items()}
 
 
-def _lora_ddp(run_dir: Path) -> str:
-    run_train(run_dir, "strategy=lora", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
-    return str(run_dir)
+DDP_STRATEGIES = ("lora", "dann", "lpft", "ssf", "bss", "bitfit", "surgical")
+"""The strategies the DDP multirun trains: parts of their own (adapters, scales and shifts, a domain classifier and
+target batches, a batch-spectral penalty), a switch of what trains mid-run (lpft), or a freeze plan of their own."""
+
+
+def _ddp_multirun(sweep: Path) -> dict:
+    done = run_train(sweep, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=wandb",
+                     f"strategy={','.join(DDP_STRATEGIES)}", "data.target_domain=invert", NO_REPORT, multirun=True,
+                     check=False)
+    return {"returncode": done.returncode, "output": done.stdout[-3000:], "sweep": str(sweep)}
 
 
 @pytest.fixture(scope="session")
-def lora_ddp_run(tmp_path_factory):
-    """``train.py strategy=lora trainer=ddp trainer.accelerator=cpu trainer.devices=2`` (tiny/synthetic, 2 epochs, CSV
-    logger): two CPU processes (gloo). Read by test_strategy_lora.py and test_ddp.py's lora case; read-only."""
-    return Path(once_per_suite(tmp_path_factory, "lora_ddp", _lora_ddp))
+def ddp_multirun(tmp_path_factory) -> dict:
+    """One multirun under DDP (two CPU processes, gloo; tiny/synthetic, 2 epochs, W&B offline), a job per
+    ``DDP_STRATEGIES``, on an inverted target domain: {returncode, output, sweep}. Read by test_ddp.py and
+    test_strategy_lora.py; read-only."""
+    return once_per_suite(tmp_path_factory, "ddp_multirun", _ddp_multirun)
 
 
 class Postgres:

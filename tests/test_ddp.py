@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import NO_REPORT, subprocess_env
+from conftest import DDP_STRATEGIES, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP = ["model=tiny", "data=synthetic", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3",
@@ -56,49 +56,33 @@ def test_gradual_ddp_replicas_stay_identical_through_unfreezing(tmp_path):
         p.stat().st_mtime < run_dir.stat().st_mtime for p in (ROOT / "logs" / "train" / "runs").iterdir())
 
 
-@pytest.fixture(scope="module")
-def ddp_multirun(tmp_path_factory):
-    """One multirun under DDP, 2 epochs, two jobs: ``gradual`` and ``dann`` (a domain classifier and target batches),
-    both on an inverted target domain; (the completed process, the sweep directory). Read by the two tests that
-    follow (one xdist group: one worker runs it once)."""
-    tmp_path = tmp_path_factory.mktemp("ddp_multirun")
-    sweep = tmp_path / "sweep"
-    done = train("-m", *DDP, "trainer.max_epochs=2", "strategy=gradual,dann", "data.target_domain=invert",
-                 f"hydra.sweep.dir={sweep}", NO_REPORT, f"paths.data_dir={tmp_path}/data")
-    return done, sweep
+def jobs_of(ddp_multirun: dict) -> dict[str, Path]:
+    """The multirun's job directories by strategy, once it exited 0."""
+    assert ddp_multirun["returncode"] == 0, ddp_multirun["output"]
+    jobs = [p for p in Path(ddp_multirun["sweep"]).iterdir() if p.is_dir() and (p / "result.json").exists()]
+    return {json.loads((job / "result.json").read_text())["strategy"]: job for job in jobs}
 
 
-@pytest.mark.xdist_group("ddp_multirun")
 def test_multirun_with_ddp_runs_each_job_once(ddp_multirun):
-    done, sweep = ddp_multirun
-    assert done.returncode == 0, done.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())
-    assert len(jobs) == 2
-    assert ["strategy=dann" in jobs[0].name, "strategy=gradual" in jobs[1].name] == [True, True]
-    for job in jobs:
+    jobs = jobs_of(ddp_multirun)
+    assert sorted(jobs) == sorted(DDP_STRATEGIES)
+    for job in jobs.values():
         assert json.loads((job / "result.json").read_text())["status"] == "completed"
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
-        assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in epochs_rows(job))
     # besides the jobs, only the sweep's own W&B summary run
-    extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs and p.name != "wandb"]
+    sweep = Path(ddp_multirun["sweep"])
+    extra = [p.name for p in sweep.iterdir() if p.is_dir() and p not in jobs.values() and p.name not in ("wandb", "data")]
     assert extra == [], f"unexpected directories in the sweep: {extra}"
 
 
-@pytest.mark.parametrize("strategy", [pytest.param(["strategy=lora"], marks=pytest.mark.xdist_group("lora_ddp_run")),
-                                      pytest.param(["strategy=dann"], marks=pytest.mark.xdist_group("ddp_multirun"))])
-def test_lora_and_dann_ddp_replicas_stay_identical(strategy, request):
-    """The strategies with parts of their own (adapters; a domain classifier and target batches) under DDP, 2 epochs.
-    lora: the run test_strategy_lora.py reads too (``lora_ddp_run``); dann: the multirun's job (``ddp_multirun``)."""
-    if strategy == ["strategy=lora"]:
-        run_dir = request.getfixturevalue("lora_ddp_run")
-    else:
-        done, sweep = request.getfixturevalue("ddp_multirun")
-        assert done.returncode == 0, done.stderr[-3000:]
-        run_dir = next(p for p in sweep.iterdir() if "strategy=dann" in p.name)
+@pytest.mark.parametrize("strategy", DDP_STRATEGIES)
+def test_replicas_stay_identical_for_strategies_with_parts_or_plans_of_their_own(strategy, ddp_multirun):
+    """Every parameter and buffer of both ranks compared after each of the 2 epochs: adapters (lora), scales and
+    shifts (ssf), a domain classifier and target batches (dann), the batch-spectral penalty (bss), the probe then
+    everything (lpft), biases only (bitfit), one stage (surgical)."""
+    run_dir = jobs_of(ddp_multirun)[strategy]
     rows = epochs_rows(run_dir)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "completed" and result["strategy"] == strategy[0].split("=")[1]
-    if "dann" in strategy[0]:
-        assert 0 <= result["target_test_acc"] <= 1
+    assert result["status"] == "completed" and 0 <= result["target_test_acc"] <= 1

@@ -6,6 +6,7 @@ and ViT-Tiny; the merged network gives the adapted one's logits within 1e-5; res
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,10 +130,11 @@ def test_train_then_export_gives_a_plain_network_with_the_same_logits(strategy_s
 
 
 @pytest.mark.slow
-def test_ddp_replicas_stay_identical(lora_ddp_run):
+def test_ddp_replicas_stay_identical(ddp_multirun):
     """Two CPU processes (gloo): the replica check finds no difference, the BatchNorm statistics never move.
-    The run (``lora_ddp_run``) is the one test_ddp.py's lora case reads too."""
-    run_dir = lora_ddp_run
+    The run is the lora job of the DDP multirun test_ddp.py reads too (``ddp_multirun``)."""
+    assert ddp_multirun["returncode"] == 0, ddp_multirun["output"]
+    run_dir = next(p for p in Path(ddp_multirun["sweep"]).iterdir() if "strategy=lora" in p.name)
     with open(run_dir / "metrics.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("ddp/replica_max_abs_diff")]
     assert len(rows) == 2 and all(float(r["ddp/replica_max_abs_diff"]) == 0.0 for r in rows)
