@@ -132,9 +132,10 @@ def test_fashion_mnist_unreachable(tmp_path, monkeypatch, main_direct):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["fraction_zero", "weights_other_architecture"])
+@pytest.mark.parametrize("case", ["weights_other_architecture"])
 def test_bad_input_subprocess(case, tmp_path):
-    """The same failures from a real ``python train.py``: exit status 1, one error line on stderr."""
+    """The same failures from a real ``python train.py``: exit status 1, one error line on stderr (one case: a
+    failure while building, after the config check; the config check's failures reach the same exit path)."""
     overrides, fragments = CASES[case]
     overrides = overrides(tmp_path) if callable(overrides) else overrides
     run_dir = tmp_path / "run"

@@ -1,7 +1,7 @@
 """Every strategy trains and tests end to end through train.py (tiny model, synthetic data, CPU).
 
-The six strategies run as one ``train.py -m`` sweep (session fixture ``strategy_sweep``), so the
-imports are paid once; overrides and reproducibility use single ``train.py`` runs.
+The strategies run as one ``train.py -m`` sweep (session fixture ``strategy_sweep``), so the
+imports are paid once; overrides run train.py's entry point in this process, reproducibility a fresh train.py.
 """
 
 from __future__ import annotations
@@ -85,11 +85,13 @@ def test_strategy_end_to_end(strategy_sweep, strategy):
         assert lrs["blocks.4"] > lrs["blocks.3"] > lrs["stem"]
 
 
-def test_overrides(tmp_path):
-    """model, frozen depth, rates, epochs and seed from the command line all take effect."""
-    run_train(tmp_path, "model=timm", "model.name=test_resnet", "strategy=partial", "strategy.frozen_depth=2",
+def test_overrides(tmp_path, main_inprocess):
+    """model, frozen depth, rates, epochs and seed from the command line (train.py's argv, through Hydra, in this
+    process) all take effect."""
+    code, output = main_inprocess(tmp_path, "model=timm", "model.name=test_resnet", "strategy=partial", "strategy.frozen_depth=2",
               "strategy.lr_head=0.005", "strategy.lr_backbone=0.0005", "trainer.max_epochs=1", "seed=7",
               "trainer.log_every_n_steps=1")
+    assert code == 0, output[-3000:]
     record = read_json(tmp_path / "result.json")
     assert record["status"] == "completed"
     assert record["model"] == "test_resnet" and record["seed"] == 7 and record["max_epochs"] == 1
