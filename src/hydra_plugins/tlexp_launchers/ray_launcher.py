@@ -19,7 +19,7 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -56,7 +56,7 @@ RULES = {
 }
 
 
-def _fail(line: str):
+def _fail(line: str) -> NoReturn:
     print(f"tlexp: error: {line}", file=sys.stderr)
     sys.exit(1)
 
