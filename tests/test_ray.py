@@ -1,6 +1,9 @@
 """``hydra/launcher=ray`` on a real Ray cluster of this machine: started for the module (``ray start --head`` in a
 temporary directory, on a free port, 2 CPUs, a 75 MiB object store) and stopped after it. Each job runs as a Ray task,
-its result the basic launcher's, and a failing job fails alone. Skipped without ray (``pip install 'tlexp[ray]'``)."""
+its result the basic launcher's, and a failing job fails alone. Skipped without ray (``pip install 'tlexp[ray]'``).
+
+Bad settings, a missing ``ray`` and a cluster that does not answer are checked in this process, without a cluster: one
+error line, exit status 1, no sweep directory."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import hydra_plugins.tlexp_launchers.ray_launcher as ray_launcher
 
 import pytest
 from omegaconf import OmegaConf
@@ -29,9 +34,7 @@ def ray_cluster():
     """A Ray head node, its address; stopped by killing its process group (``ray stop`` would stop every Ray of the
     machine). Its temporary directory is short: Ray's socket paths must fit in 107 characters."""
     pytest.importorskip("ray", reason="no ray (pip install 'tlexp[ray]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     home = Path(tempfile.mkdtemp(prefix="tlexp-ray-"))
     path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))  # the workers import tlexp
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
@@ -52,6 +55,52 @@ def ray_cluster():
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=60)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def refused(main_inprocess, tmp_path, *overrides: str) -> str:
+    """The error line of a Ray sweep of two jobs that ends before any job starts; no sweep directory written."""
+    code, output = main_inprocess(tmp_path / "run", "hydra.mode=MULTIRUN", "hydra/launcher=ray", "seed=0,1",
+                                  f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides)
+    errors = [line for line in output.splitlines() if line.startswith("tlexp: error:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "run").exists()
+    return errors[0]
+
+
+@pytest.mark.parametrize("override, accepted", [
+    ("hydra.launcher.num_cpus=0", "a number of CPUs > 0"), ("hydra.launcher.num_cpus=two", "a number of CPUs > 0"),
+    ("hydra.launcher.num_gpus=-1", "a number of GPUs >= 0"), ("hydra.launcher.num_gpus=0.00001", "fractions down to 0.0001"),
+    ("hydra.launcher.address=local", "auto (the cluster `ray start --head` runs on this machine) or host:port"),
+    ("hydra.launcher.address=head-node", "or host:port"), ("hydra.launcher.address=ray://head-node:10001", "Ray Client"),
+])
+def test_bad_ray_settings_are_named(tmp_path, main_inprocess, override, accepted):
+    """Checked before Ray is imported or joined: the key, the value and what it accepts."""
+    line = refused(main_inprocess, tmp_path, override)
+    assert f"{override.split('=')[0]}=" in line and "is not accepted; accepted:" in line and accepted in line, line
+
+
+def test_no_ray_installed(tmp_path, main_inprocess, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    assert refused(main_inprocess, tmp_path) == ("tlexp: error: hydra/launcher=ray needs Ray, which is not installed: "
+                                                 "pip install 'tlexp[ray]'")
+
+
+def test_no_cluster_at_the_address(tmp_path, main_inprocess):
+    """A closed port: refused at once, where ``ray.init`` would retry for about 14 minutes."""
+    pytest.importorskip("ray", reason="no ray (pip install 'tlexp[ray]')")
+    port = free_port()
+    started = time.monotonic()
+    line = refused(main_inprocess, tmp_path, f"hydra.launcher.address=127.0.0.1:{port}")
+    assert time.monotonic() - started < ray_launcher.PROBE_SECONDS + 10
+    assert line.startswith(f"tlexp: error: hydra.launcher.address='127.0.0.1:{port}': no Ray cluster answered at ")
+    assert f":{port} (Connection refused); {ray_launcher.START_ONE}" in line, line
 
 
 def records(sweep_dir: Path) -> dict[str, dict]:

@@ -8,13 +8,18 @@ Each task runs one job as Hydra's other launchers do (``hydra.core.utils.run_job
 config and Hydra's singletons), in a fresh worker process (``max_calls=1``: no state, and no CUDA context, carried
 from one job to the next) and is never retried by Ray (``max_retries=0``: a job killed from outside is tlexp's to
 resume, on the sweep's next run). A task whose worker died becomes a failed job, like a job that raised.
+
+Bad settings, a missing ``ray`` and a cluster that does not answer end the sweep in ``setup``, before the sweep
+directory exists, with one ``tlexp: error:`` line and exit status 1 (Hydra would wrap a raised error in a traceback).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -23,7 +28,54 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from tlexp.errors import InvalidValue
+from tlexp.rules import Rule, number
+
 log = logging.getLogger(__name__)
+
+PROBE_SECONDS = 5  # Ray itself retries an address that does not answer for about 14 minutes (20 tries of ~41 s)
+START_ONE = "start a cluster with `ray start --head`, or name a running one's head node as host:port"
+
+
+def _fraction(value) -> bool:
+    """Ray's resource quantities: fractions down to 0.0001 (Ray refuses finer ones when the task is defined)."""
+    return abs(value * 10_000 - round(value * 10_000)) < 1e-6
+
+
+def _host_port(value) -> bool:
+    host, _, port = str(value).rpartition(":")
+    return bool(host) and "://" not in host and port.isdigit() and 0 < int(port) < 65536
+
+
+RULES = {
+    "address": Rule("auto (the cluster `ray start --head` runs on this machine) or host:port (a running cluster's "
+                    "head node, as `ray start --head` prints it)",
+                    lambda v: v == "auto" or (isinstance(v, str) and _host_port(v))),
+    "num_cpus": Rule("a number of CPUs > 0 (fractions down to 0.0001)", lambda v: number(v) and v > 0 and _fraction(v)),
+    "num_gpus": Rule("a number of GPUs >= 0 (fractions down to 0.0001; 0: none)", lambda v: number(v) and v >= 0 and _fraction(v)),
+}
+
+
+def _fail(line: str) -> NoReturn:
+    print(f"tlexp: error: {line}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _unreachable(address: str) -> str | None:
+    """Why no Ray cluster answers at ``address`` (Ray's own resolution of ``auto``, then a TCP connection to the
+    head's GCS port within ``PROBE_SECONDS``), None if one does: what ``ray.init`` would retry for minutes."""
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    try:
+        gcs = canonicalize_bootstrap_address_or_die(address)
+    except ConnectionError as error:  # auto: none running here, or several
+        return f"no Ray cluster to join on this machine ({str(error).split('. Please')[0]})"
+    host, _, port = gcs.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as error:
+        return f"no Ray cluster answered at {gcs} ({error.strerror or f'no answer within {PROBE_SECONDS} s'})"
+    return None
 
 
 def _run_job(hydra_context: HydraContext, sweep_config: DictConfig, task_function: TaskFunction, singletons: dict) -> JobReturn:
@@ -44,14 +96,34 @@ class RayLauncher(Launcher):
     ``CUDA_VISIBLE_DEVICES`` to its own GPUs), on the cluster at ``address`` (``auto``: the one ``ray start`` runs on
     this machine), and waits for all of them."""
 
-    def __init__(self, address: str | None = "auto", num_cpus: float = 1, num_gpus: float = 0) -> None:
+    def __init__(self, address: str = "auto", num_cpus: float = 1, num_gpus: float = 0) -> None:
         self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Joins the cluster, once its settings are checked: nothing of the sweep is written before."""
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        try:
+            for name, rule in RULES.items():
+                rule.check(f"hydra.launcher.{name}", getattr(self, name))
+        except InvalidValue as error:
+            _fail(str(error) + ("; Ray Client (ray://) is not supported: run the sweep on a node of the cluster"
+                                if str(self.address).startswith("ray://") else ""))
+        try:
+            import ray
+        except ImportError:
+            _fail("hydra/launcher=ray needs Ray, which is not installed: pip install 'tlexp[ray]'")
+        if ray.is_initialized():
+            return
+        why = _unreachable(self.address)
+        if why:
+            _fail(f"hydra.launcher.address={self.address!r}: {why}; {START_ONE}")
+        try:
+            ray.init(address=self.address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:  # a version mismatch, say
+            _fail(f"hydra.launcher.address={self.address!r}: Ray could not join the cluster: {str(error).splitlines()[0]}")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import ray
@@ -60,8 +132,6 @@ class RayLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not ray.is_initialized():
-            ray.init(address=self.address, log_to_driver=True)
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_calls=1, max_retries=0)(_run_job)
         log.info(f"Ray launcher: {len(job_overrides)} jobs on {ray.get_runtime_context().gcs_address}, "
                  f"{self.num_cpus} CPUs and {self.num_gpus} GPUs each; sweep output dir: {sweep_dir}")
