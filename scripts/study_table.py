@@ -3,8 +3,9 @@
 A setting is every override of a job except ``seed``, so jobs that differ only in their seed are
 averaged and everything else a sweep varied stays apart. Writes (or prints) a Markdown table and a
 CSV of every job, which is how the studies under ``docs/studies/`` keep their numbers in git.
-Jobs with a target domain add test/target_acc; jobs that ``tlexp-wise-ft`` was run on (``wise_ft.json``) add a
-row ``<setting> + wise_ft`` at the a it chose on validation. ``--paired SETTING`` adds each setting's difference
+Jobs with a target domain add test/target_acc; jobs that ``tlexp-wise-ft`` was run on add a row per record
+(``wise_ft.json``: ``<setting> + wise_ft``, at the a it chose on validation; a record kept under another name,
+``wise_ft_<name>.json``, e.g. of ``--alphas 0.5``, its own row). ``--paired SETTING`` adds each setting's difference
 from that one, paired by seed, with its 95 % t interval (scipy.stats, as the race's verdict).
 
     python scripts/study_table.py logs/train/multiruns/<sweep> [more sweeps] --csv jobs.csv --md table.md
@@ -26,7 +27,6 @@ from tlexp.verdict import interval
 
 IGNORED = ("seed", "experiment", "logger", "hydra.", "paths.")
 METRICS = ("test_acc", "target_test_acc", "val_acc_best")
-WISE_FT = " + wise_ft"
 
 
 def setting(overrides: list[str]) -> str:
@@ -54,10 +54,12 @@ def job_rows(sweep: Path) -> list[dict]:
                      "test_acc": job.test_acc, "target_test_acc": record.target_test_acc,
                      "val_acc_best": record.val_acc_best, "train_size": record.train_size,
                      "wall_seconds": record.wall_seconds, "alpha": None})
-        if (job.path / "wise_ft.json").is_file():
-            wise = json.loads((job.path / "wise_ft.json").read_text())
-            rows.append({**rows[-1], "setting": key + WISE_FT, "test_acc": wise["test/acc"], "alpha": wise["alpha"],
-                         "target_test_acc": wise.get("test/target_acc"), "val_acc_best": wise["val/acc"]})
+        run = rows[-1]
+        for path in sorted(job.path.glob("wise_ft*.json")):
+            wise = json.loads(path.read_text())
+            rows.append({**run, "setting": f"{key} + {path.stem}", "test_acc": wise["test/acc"],
+                         "alpha": wise["alpha"], "target_test_acc": wise.get("test/target_acc"),
+                         "val_acc_best": wise["val/acc"]})
     return rows
 
 
