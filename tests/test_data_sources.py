@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torchvision.datasets
-from conftest import compose_config, read_json, run_train
+from conftest import compose_config, read_json
 from PIL import Image
 
 from tlexp import config
@@ -272,10 +272,12 @@ def test_hf_errors_name_key_and_columns(tmp_path):
 # --- train.py ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_train_py_on_torchvision_eurosat(tmp_path):
+def test_train_py_on_torchvision_eurosat(tmp_path, main_inprocess):
+    """train.py's entry point (argv through Hydra, in this process) on a torchvision dataset folder."""
     root = write_eurosat(tmp_path / "torchvision")
     run_dir = tmp_path / "run"
-    run_train(run_dir, "data=torchvision", "data.name=EuroSAT", f"data.root={root}", "data.download=false",
+    code, output = main_inprocess(run_dir, "data=torchvision", "data.name=EuroSAT", f"data.root={root}", "data.download=false",
               "data.val_size=6", "data.image_size=32", "data.batch_size=8", "trainer.max_epochs=1")
+    assert code == 0, output[-4000:]
     result = read_json(run_dir / "result.json")
     assert result["status"] == "completed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import read_json, run_train
+from conftest import read_json
 
 HUGE = ("strategy.lr_head=1e30", "strategy.lr_backbone=1e30")
 
@@ -24,14 +24,19 @@ def test_single_run_stops_at_the_first_non_finite_loss(tmp_path, main_direct):
     assert "test_acc" not in record and not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
+SWEEP = ("strategy.lr_head=1e-3,1e30", "strategy.lr_backbone=1e30", "trainer.max_epochs=1", "hydra.mode=MULTIRUN")
+
+
 @pytest.mark.slow
-def test_sweep_lists_diverged_jobs_apart_and_skips_them_on_rerun(tmp_path):
-    run_train(tmp_path, "strategy.lr_head=1e-3,1e30", "strategy.lr_backbone=1e30", "trainer.max_epochs=1", multirun=True)
+def test_sweep_lists_diverged_jobs_apart_and_skips_them_on_rerun(tmp_path, main_inprocess):
+    """The sweep, through train.py's entry point in this process, twice into one directory."""
+    code, output = main_inprocess(tmp_path, *SWEEP, f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, output[-4000:]
     summary = read_json(tmp_path / "sweep_summary.json")
     assert summary["counts"]["diverged"] >= 1 and summary["counts"]["failed"] == 0
     assert all(entry["status"] == "diverged" for entry in summary["diverged"])
     report = read_json(tmp_path / "report.json")
     assert {row["job"] for row in report["tables"]["unfinished"]} == {e["job"] for e in summary["diverged"]}
     assert "Diverged, interrupted and killed jobs" in (tmp_path / "report.html").read_text()
-    again = run_train(tmp_path, "strategy.lr_head=1e-3,1e30", "strategy.lr_backbone=1e30", "trainer.max_epochs=1", multirun=True)
-    assert "Trainer.fit" not in again.stdout and again.stdout.count("skipping") == 2
+    code, again = main_inprocess(tmp_path, *SWEEP, f"hydra.sweep.dir={tmp_path}")
+    assert code == 0 and "Trainer.fit" not in again and again.count("skipping") == 2, again[-4000:]

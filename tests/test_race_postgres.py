@@ -73,7 +73,7 @@ def verdict_of(output: str) -> str:
 
 
 @pytest.mark.slow
-def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postgres):
+def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postgres, main_inprocess):
     """Two workers started together on one PostgreSQL race; one killed (SIGKILL) during a trial. The other queues the
     killed trial again and runs it; then the command is run once more. Every trial number of the budget finished exactly
     once per study, each confirmation ran once, and the verdicts printed and race.json agree with the storage."""
@@ -106,9 +106,8 @@ def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postg
     survivor = next(w for w in workers if w is not victim)
     first = survivor.communicate(timeout=600)[0]
     assert survivor.returncode == 0, first[-4000:]
-    again = subprocess.run([PYTHON, "train.py", "-m", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-4000:]
+    code, again = main_inprocess(tmp_path / "again", *args, base=())  # the same command, in this process
+    assert code == 0, again[-4000:]
 
     studies_now = trials_by_study(url, strategies)
     for name, trials in studies_now.items():
@@ -128,7 +127,7 @@ def test_workers_share_a_race_through_postgres_and_one_is_killed(tmp_path, postg
         record = read_json(confirmation)
         assert record["status"] == "completed" and record["pid"] == survivor.pid  # run once, by the survivor
     result = read_json(tmp_path / "race.json")
-    assert result["storage"] == url and verdict_of(first) == verdict_of(again.stdout)
+    assert result["storage"] == url and verdict_of(first) == verdict_of(again)
     for e in result["cells"][0]["strategies"]:
         counted = [t for t in studies_now[e["strategy"]] if studies.counted(t)]
         best = max((t for t in counted if t.state == TrialState.COMPLETE), key=lambda t: t.value)

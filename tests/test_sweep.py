@@ -196,15 +196,16 @@ def test_sync_wandb_dry_run_lists_offline_runs(sweep):
 
 # --- other launchers and sweepers ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_optuna_search_on_joblib_launcher(tmp_path):
+def test_optuna_search_on_joblib_launcher(tmp_path, main_inprocess):
     """Optuna asks for 2 trials at once; joblib runs them in 2 worker processes. The search
-    maximises what train.main returns; jobs in other processes still share the sweep's group."""
+    maximises what train.main returns; jobs in other processes still share the sweep's group.
+    The sweep is driven from train.py's entry point in this process; its jobs run in joblib's processes."""
     sweep_dir = tmp_path / "optuna"
-    result = run_train(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
-                       "strategy.frozen_depth=int(interval(0,6))", NO_REPORT, multirun=True, check=False)
-    assert result.returncode == 0, result.stdout[-6000:]
-    assert "Joblib.Parallel" in result.stdout
+    code, output = main_inprocess(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
+                                  "strategy.frozen_depth=int(interval(0,6))", NO_REPORT, f"hydra.sweep.dir={sweep_dir}")
+    assert code == 0, output[-6000:]
+    assert "Joblib.Parallel" in output
     records = [r for r in job_records(sweep_dir).values() if r["status"] == "completed"]
     assert len(records) == 2 and all(r["strategy"] == "partial" and r["group"] == "optuna" for r in records)
     best = (sweep_dir / "optimization_results.yaml").read_text()
