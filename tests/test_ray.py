@@ -108,10 +108,11 @@ def records(sweep_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_ray_launcher_runs_each_job_as_a_ray_task(ray_cluster, tmp_path):
+def test_ray_launcher_runs_each_job_as_a_ray_task(ray_cluster, tmp_path, main_inprocess):
     """Two jobs on the cluster, one with a bad ``data.fraction``: both run as Ray tasks (Hydra's job id is the task's,
     the job's pid is a Ray worker's, whose output Ray prefixes with its pid); the good one ends as under the basic
-    launcher with the same seed; the bad one fails alone, listed as failed in sweep_summary.json."""
+    launcher (driven from train.py's entry point in this process) with the same seed; the bad one fails alone, listed
+    as failed in sweep_summary.json."""
     on_ray = run_train(tmp_path / "ray", *JOB, "data.fraction=0.5,2", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}",
                        multirun=True, check=False)
     assert on_ray.returncode == 0, on_ray.stdout[-6000:]
@@ -126,7 +127,9 @@ def test_ray_launcher_runs_each_job_as_a_ray_task(ray_cluster, tmp_path):
     assert summary["counts"]["completed"] == 1 and summary["counts"]["failed"] == 1
     assert "data.fraction=2" in summary["failed"][0]["job"] and "data.fraction" in summary["failed"][0]["error"]
 
-    run_train(tmp_path / "basic", *JOB, "data.fraction=0.5", multirun=True)
+    code, output = main_inprocess(tmp_path / "basic", *JOB, "data.fraction=0.5", "hydra.mode=MULTIRUN",  # the basic launcher
+                                  f"hydra.sweep.dir={tmp_path / 'basic'}")
+    assert code == 0, output[-4000:]
     [basic] = records(tmp_path / "basic").values()
     [ray_job] = [r for r in jobs.values() if r["status"] == "completed"]
     for key in ("test_acc", "val_acc_best", "val_acc_final", "train_size", "seed"):
