@@ -60,7 +60,7 @@ train: setup data ## set up, then run the default experiment (python train.py)
 lint: setup ## ruff check . (pyflakes and pycodestyle errors and warnings, lines up to 140 columns)
 	$(BIN)/ruff check .
 
-test: setup data browser lint ## set up, lint, then run the whole test suite (CPU, on one pytest-xdist worker per core)
+test: setup data browser lint ## set up, lint, then run the whole test suite (CPU, on pytest-xdist workers: one per core and one more)
 	$(BIN)/pytest -q
 
 test-fast: setup browser ## the tests that do not start train.py subprocesses (2-4 min on 2 cores)

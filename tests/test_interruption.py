@@ -74,8 +74,6 @@ def _weights(checkpoint: Path) -> dict:
 
 
 RUN = ("strategy=gradual", "trainer.max_epochs=12", "data.train_per_class=128", "seed=3")
-REFERENCE = pytest.mark.xdist_group("interruption_reference")
-"""The tests that compare with ``reference``: on one xdist worker, which runs it once."""
 
 
 def _reference(run_dir: Path) -> dict:
@@ -86,16 +84,15 @@ def _reference(run_dir: Path) -> dict:
 def reference(tmp_path_factory) -> tuple[Path, int]:
     """``train.py <RUN>`` uninterrupted: (its run directory, its exit code). Both tests below compare with it: each
     ran this very command (``run_train(tmp_path / "reference", *RUN)``) before; the run directory and data_dir, which
-    differ, are not part of what is trained (synthetic data: generated, not read from data_dir). Read-only."""
+    differ, are not part of what is trained (synthetic data: generated, not read from data_dir). Read-only. The tests
+    ask for it once they need it (``request.getfixturevalue``), so they run on any xdist workers, side by side, and
+    the first to ask computes it while the other waits on its lock (``once_per_suite``)."""
     done = once_per_suite(tmp_path_factory, "interruption_reference", _reference)
     return Path(done["run_dir"]), done["returncode"]
 
 
 @pytest.mark.slow
-@REFERENCE
-def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path, reference):
-    reference_dir, returncode = reference
-    assert returncode == 0
+def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path, request):
     args = merge_overrides(*RUN, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'runs' / 'first'}")
     child = subprocess.Popen([PYTHON, "train.py", *args], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -114,16 +111,16 @@ def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path, refer
     resumed = read_json(tmp_path / "runs" / "second" / "result.json")
     assert resumed["status"] == "completed" and resumed["resumed_from"] == record["resume_checkpoint"]
     assert read_json(first / "result.json")["resumed_in"] == str(tmp_path / "runs" / "second")
+    reference_dir, returncode = request.getfixturevalue("reference")
+    assert returncode == 0
     final, expected = (_weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"),
                        _weights(reference_dir / "checkpoints" / "last.ckpt"))
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
 
 
 @pytest.mark.slow
-@REFERENCE
-def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path, reference):
+def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path, request):
     """hydra/launcher=submitit_local runs each job as a real submitit job (the SLURM code path)."""
-    reference_dir, returncode = reference
     sweep = tmp_path / "sweep"
     overrides = (*RUN, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", NO_REPORT)
     args = merge_overrides(*overrides, f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}")
@@ -142,6 +139,7 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path,
     again = run_train(sweep, *overrides, multirun=True)
     record = read_json(job_dir / "result.json")
     assert record["status"] == "completed" and record["resumed_from"], again.stdout[-3000:]
+    reference_dir, returncode = request.getfixturevalue("reference")
     final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(reference_dir / "checkpoints" / "last.ckpt")
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
     assert returncode == 0
