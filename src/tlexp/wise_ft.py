@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from tlexp import export, finished
 from tlexp.errors import InvalidValue
 from tlexp.inference import inference_pass
+from tlexp.shared_files import write_atomic
 from tlexp.trusted_files import UntrustedFile, load_run_config, load_tensors
 
 OUTPUT = "wise_ft.json"
@@ -110,9 +110,7 @@ def wise_ft(source: str | Path, alphas: Sequence[float] = GRID, out: str | Path 
     if out is not None:
         load(chosen)
         record["export"] = str(export.save(network.cpu(), module.hparams, cfg, checkpoint, out, wise_ft_alpha=chosen))
-    partial = run_dir / f".{OUTPUT}.{os.getpid()}.tmp"
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, run_dir / OUTPUT)
+    write_atomic(run_dir / OUTPUT, json.dumps(record, indent=2))
     return record
 
 
