@@ -282,3 +282,19 @@ def test_run_record_reads_older_files_and_keeps_unknown_keys(tmp_path):
     with pytest.raises(TypeError):
         RunRecord().update(test_accuracy=0.5)
     assert read_result(tmp_path / "missing") is None
+
+
+def test_every_strategy_has_a_colour_of_its_own_that_reads_apart():
+    """All registered strategies in one figure: no two colours closer than 0.2 in RGB (full's red and the crimson it had beside it, 0.11
+    apart, read as one series)."""
+    import itertools
+
+    import matplotlib.colors as mcolors
+
+    from tlexp.report.figures import _colors, known_strategies
+
+    colours = _colors(known_strategies())
+    assert len(set(colours.values())) == len(colours)
+    for (a, ca), (b, cb) in itertools.combinations(colours.items(), 2):
+        distance = sum((x - y) ** 2 for x, y in zip(mcolors.to_rgb(ca), mcolors.to_rgb(cb))) ** 0.5
+        assert distance >= 0.2, (a, ca, b, cb, distance)

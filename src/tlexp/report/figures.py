@@ -9,7 +9,7 @@ from tlexp.report.tables import Table, compares_depths
 from tlexp.results import Job
 
 
-PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo", "teal", "crimson", "lime", "olive", "navy"]
+PALETTE = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "indigo", "teal", "magenta", "lime", "olive", "navy"]
 """matplotlib's ten default colours and eight more, so that all eighteen strategies differ in one figure."""
 
 
