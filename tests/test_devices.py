@@ -54,6 +54,8 @@ def test_race_workers_on_the_local_executor_get_different_gpus(monkeypatch, tmp_
                                "race": {"workers": 2}})
     pool, cluster = race_workers.executor(config, tmp_path / "%j")
     assert cluster == "local"
+    # no launcher time limit: a week, not submitit's local default of 2 minutes, which stopped workers mid-race
+    assert pool._executor.parameters["timeout_min"] == race_workers.LOCAL_TIME_LIMIT_MIN
     show = [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"]
     jobs = pool.map_array(race_workers.Worker(show, str(tmp_path), devices.visible()), range(2))
     assert [job.result().strip().splitlines()[-1] for job in jobs] == ["gpu=0", "gpu=1"]

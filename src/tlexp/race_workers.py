@@ -29,6 +29,11 @@ LAUNCHER_KEYS = ("hydra/launcher", "hydra.launcher")
 """Overrides that choose where the workers run: not the workers' business (each runs the race in-process)."""
 
 
+LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60
+"""A local worker's time limit where the launcher names none (the basic or joblib launcher): a week, the race's length
+on one machine, not submitit's 2 minutes; ``hydra/launcher=submitit_local`` brings its own ``timeout_min``."""
+
+
 def worker_command(config: DictConfig, arguments: list[str], storage: str) -> list[str]:
     """One worker's command: the same script and overrides, one worker, the race dir and storage made explicit
     (a sweep dir with ``${now:...}`` would differ per worker, and the default SQLite file lives in it)."""
@@ -58,6 +63,8 @@ def executor(config: DictConfig, folder: Path):
     base = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name", "stderr_to_stdout"}
     params = {(k if k in base else f"slurm_{k}"): v for k, v in launcher.items() if v is not None}
     params.setdefault("name", "tlexp-race")
+    if cluster == "local":  # submitit's local default (2 min) would stop a worker mid-race, and requeue it only 3 times
+        params.setdefault("timeout_min", LOCAL_TIME_LIMIT_MIN)
     if cluster == "slurm" and "slurm_array_parallelism" not in params:
         params["slurm_array_parallelism"] = int(config.race.workers)
     result.update_parameters(**params)
