@@ -43,6 +43,34 @@ def test_the_verdict_intervals_come_from_the_t_distribution():
     assert d["strategy"] == "d" and "mean" not in d
 
 
+def test_a_race_under_shift_reports_the_target_beside_never_ranks_by_it(tmp_path):
+    """Confirmations that scored a shifted test split (data.target_domain) give each strategy its target mean, t
+    interval and paired difference to the winner; the winner is still the best on the source test split, the
+    printed verdict and the report's leaderboard show the target columns, and a race without a shift does not."""
+    from tlexp.report.tables import verdict_display, verdict_table
+
+    entries = [{"strategy": "full", "test_acc": {0: 0.84, 1: 0.85, 2: 0.83}, "target_acc": {0: 0.30, 1: 0.35, 2: 0.33}},
+               {"strategy": "ssf", "test_acc": {0: 0.79, 1: 0.80, 2: 0.79}, "target_acc": {0: 0.42, 1: 0.47, 2: 0.44}},
+               {"strategy": "frozen", "test_acc": {}}]
+    for e in entries:
+        e.update(search={"trials": 2, "pruned": 0, "failed": 0, "epochs": 6, "image_epochs": 600, "seconds": 1.0}, best_params={})
+    full, ssf, frozen = verdict.verdict(entries)
+    assert full["winner"] and full["target_diff"] == 0 and full["target_diff_ci"] == (0.0, 0.0)
+    assert ssf["target_mean"] == pytest.approx(0.44333, abs=1e-4)
+    assert ssf["target_ci"] == pytest.approx(verdict.interval([0.42, 0.47, 0.44]))
+    low, high = stats.ttest_rel([0.42, 0.47, 0.44], [0.30, 0.35, 0.33]).confidence_interval(0.95)
+    assert ssf["target_diff"] == pytest.approx(0.11667, abs=1e-4) and ssf["target_diff_ci"] == pytest.approx((low, high))
+    assert "target_mean" not in frozen
+    result = {"race_dir": "r", "storage": "s", "settings": {"seeds": 3}, "cells": [{"cell": "race", "strategies": [full, ssf, frozen]}]}
+    printed = verdict.format_race(result)
+    assert "target_acc [95% CI]" in printed and f"+0.1167 [{low:+.4f}, {high:+.4f}]" in printed
+    unshifted = verdict.verdict([{k: v for k, v in e.items() if k in ("strategy", "test_acc", "search", "best_params")} for e in entries])
+    assert "target_acc" not in verdict.format_race({**result, "cells": [{"cell": "race", "strategies": unshifted}]})
+    (tmp_path / "race.json").write_text(json.dumps(result))
+    shown = verdict_display(verdict_table(tmp_path))
+    assert "test/target_acc [95% CI]" in shown.columns and shown.as_dicts()[1]["target vs winner [95% CI]"].startswith("+0.1167 [")
+
+
 @pytest.mark.parametrize("storage", ["sqlite:///{}/s.db", "{}/journal/s.log"])
 def test_each_trial_is_proposed_once_whoever_asks(tmp_path, storage):
     """Two processes on one storage (an SQLite file, or a journal file in a folder not made yet; two study objects

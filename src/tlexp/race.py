@@ -13,7 +13,8 @@ strategy in ``race.strategies``:
    ``tlexp-advise``: ranked on validation alone);
 3. verdict: per strategy the test/acc mean and 95 % t interval over the seeds, the paired difference to the
    winner on the same seeds with its interval (scipy.stats.ttest_rel), "tied" where it covers 0, and the
-   compute spent. Printed, and written to ``<race dir>/race.json``.
+   compute spent; with ``data.target_domain``, test/target_acc beside (reported, never selected on). Printed,
+   and written to ``<race dir>/race.json``.
 
 The studies live in the storage (default ``<race dir>/race.db``; ``postgresql://...`` for workers on several
 hosts), so the same command continues a race and several workers share one (tlexp.study); a confirmation job
@@ -274,9 +275,11 @@ def history(study: optuna.Study) -> list[dict]:
 
 def entry(strategy: str, study: optuna.Study, best: optuna.trial.FrozenTrial | None, runs: list[Path]) -> dict:
     records = [(run, read_result(run)) for run in runs]
-    scores = {r.seed: r.test_acc for _, r in records if r and r.status == Status.COMPLETED and r.test_acc is not None}
+    done = [r for _, r in records if r and r.status == Status.COMPLETED and r.test_acc is not None]
+    scores = {r.seed: r.test_acc for r in done}
+    targets = {r.seed: r.target_test_acc for r in done if r.target_test_acc is not None}  # data.target_domain's split
     return {"strategy": strategy, "best_trial": best.number if best else None, "best_params": best.params if best else None,
-            "val_acc_best": best.value if best else None, "test_acc": scores,
+            "val_acc_best": best.value if best else None, "test_acc": scores, "target_acc": targets,
             "search": spent(study), "trials": history(study),
             "confirm": {"runs": len(records), "epochs": sum((r.max_epochs or 0) if r else 0 for _, r in records),
                         "seconds": round(sum((r.wall_seconds or 0) if r else 0 for _, r in records), 2),

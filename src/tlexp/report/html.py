@@ -145,7 +145,8 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
     if verdict.rows:
         parts.append("<h2 id='verdict'>Race verdict</h2><p>experiment=race (race.json): each strategy's best settings by "
                      "validation, tested on several seeds: test/acc mean and 95 % t interval, the paired difference to "
-                     "the winner on the same seeds with its 95 % interval (tied: it covers 0), and what the search spent. "
+                     "the winner on the same seeds with its 95 % interval (tied: it covers 0), and what the search spent; a "
+                     "race with data.target_domain adds test/target_acc the same way (reported, not ranked by). "
                      "Below it, each strategy's search: every trial's val/acc per epoch over the search's time, pruned "
                      "ones cut short (grey, x), the best one bold.</p>" + table_html(verdict_display(verdict), "verdict"))
         search_figure = plot_search(json.loads((sweep_dir / RACE_FILE).read_text())["cells"], out / "race_search.png") if figures else None

@@ -188,7 +188,8 @@ def verdict_table(sweep_dir: Path) -> Table:
     path = Path(sweep_dir) / RACE_FILE
     columns = ["cell", "strategy", "verdict", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high", "seeds", "acc_diff_to_winner",
                "acc_diff_low", "acc_diff_high", "trials", "pruned", "epochs", "image_epochs", "search_seconds", "val_acc_best",
-               "best_params"]
+               "best_params", "target_acc_mean", "target_acc_ci_low", "target_acc_ci_high", "target_diff_to_winner",
+               "target_diff_low", "target_diff_high"]
     if not path.is_file():
         return Table(columns, [])
     rows = []
@@ -198,7 +199,8 @@ def verdict_table(sweep_dir: Path) -> Table:
             verdict = "winner" if e.get("winner") else "tied" if e.get("tied") else "behind" if "mean" in e else "no result"
             rows.append([cell["cell"], e["strategy"], verdict, e.get("mean"), *ci, e.get("n"), e.get("diff"), *dci,
                          search["trials"], search["pruned"], search["epochs"], search["image_epochs"], search["seconds"],
-                         e.get("val_acc_best"), settings_text(e.get("best_params"))])
+                         e.get("val_acc_best"), settings_text(e.get("best_params")), e.get("target_mean"),
+                         *(e.get("target_ci") or (None, None)), e.get("target_diff"), *(e.get("target_diff_ci") or (None, None))])
     return Table(columns, rows)
 
 
@@ -211,8 +213,13 @@ def verdict_display(verdict: Table) -> Table:
         inside = f" [{low:{sign}.4f}, {high:{sign}.4f}]" if low is not None else ""
         return f"{mean:{sign}.4f}{inside}"
 
+    shifted = any(r["target_acc_mean"] is not None for r in verdict.as_dicts())  # a race with data.target_domain
     rows = [[r["cell"], r["strategy"], r["verdict"], ranged(r["test_acc_mean"], r["test_acc_ci_low"], r["test_acc_ci_high"]),
              r["seeds"], ranged(r["acc_diff_to_winner"], r["acc_diff_low"], r["acc_diff_high"], "+"),
+             *([ranged(r["target_acc_mean"], r["target_acc_ci_low"], r["target_acc_ci_high"]),
+                ranged(r["target_diff_to_winner"], r["target_diff_low"], r["target_diff_high"], "+")] if shifted else []),
              f"{r['trials']} ({r['pruned']} pruned), {r['epochs']} epochs, {r['search_seconds']:.0f} s", r["best_params"]]
             for r in verdict.as_dicts()]
-    return Table(["cell", "strategy", "verdict", "test/acc [95% CI]", "seeds", "vs winner [95% CI]", "search", "best settings"], rows)
+    target = ["test/target_acc [95% CI]", "target vs winner [95% CI]"] if shifted else []
+    return Table(["cell", "strategy", "verdict", "test/acc [95% CI]", "seeds", "vs winner [95% CI]", *target, "search",
+                  "best settings"], rows)
