@@ -18,7 +18,6 @@ Printed, written to ``<run dir>/advice.json`` and logged to the configured logge
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -29,7 +28,7 @@ from tlexp import config
 from tlexp.advice import models, pocket_race
 from tlexp.advice.evidence import measure
 from tlexp.advice.seeds_table import RECORD
-from tlexp.errors import ConfigError
+from tlexp.errors import ConfigError, fail
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.results import settings_text
 from tlexp.train import CONFIG_DIR
@@ -113,8 +112,7 @@ def run(cfg: DictConfig) -> dict:
         config.check(cfg)
         check(cfg.advise)
     except ConfigError as error:
-        print(f"tlexp: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        fail(error)
     out = Path(cfg.paths.output_dir)
     advice = measure(cfg)
     if cfg.advise.models:

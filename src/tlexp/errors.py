@@ -7,6 +7,9 @@ knows the node it instantiated, turns that into a ``ConfigError`` naming the ful
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
 
 class InvalidValue(ValueError):
     """A parameter of a library class or function is outside what it accepts."""
@@ -30,3 +33,15 @@ class ConfigError(InvalidValue):
         if isinstance(error, ConfigError):
             return error
         return cls(f"{node}.{error.name}" if node else error.name, error.value, error.accepted, error.detail)
+
+
+def report(message: object) -> None:
+    """One ``tlexp: error: ...`` line on stderr: what users, scripts and the race's worker reports look for."""
+    print(f"tlexp: error: {message}", file=sys.stderr)
+
+
+def fail(message: object, code: int = 1) -> NoReturn:
+    """The entry points' one way out on bad input or a failed job: its line (``report``) and a non-zero exit, no
+    traceback."""
+    report(message)
+    sys.exit(code)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp import devices
+from tlexp import devices, errors
 from tlexp.errors import ConfigError
 
 SLURM = "SlurmLauncher"
@@ -136,7 +136,7 @@ def launch(config: DictConfig, arguments: list[str], storage: str) -> int:
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as error:
             failed.append(f"race worker {job.job_id} failed ({reason(str(error))}; log: {job.paths.stderr})")
     for line in failed:
-        print(f"tlexp: error: {line}", file=sys.stderr)
+        errors.report(line)
     if failed:
         return 1
     result_file = Path(str(config.hydra.sweep.dir)).resolve() / RACE_FILE

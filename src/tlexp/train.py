@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlexp import config, devices, liveness
 from tlexp.backbone import timm_name
 from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, Heartbeat, Interrupted, Interruption
-from tlexp.errors import ConfigError, InvalidValue
+from tlexp.errors import ConfigError, InvalidValue, fail
 from tlexp.feature_cache import callbacks_for as cache_callbacks
 from tlexp.loggers import build_loggers, finish_wandb
 from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
@@ -208,8 +208,7 @@ def main(cfg: DictConfig) -> float | None:
         return (record.metrics or {}).get(cfg.get("optimized_metric"))
     if job_identity(cfg)[2]:  # recorded in result.json; the sweep goes on (the Optuna sweeper marks the trial FAIL)
         return None
-    print(f"tlexp: error: {record.error}", file=sys.stderr)
-    sys.exit(1)
+    fail(record.error)
 
 
 def job(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunRecord:
@@ -227,8 +226,7 @@ def job(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunRecord:
         if multirun:
             log.warning("skipping %s; it is still running", busy)
             return previous
-        print(f"tlexp: error: {busy}; wait for it or choose another hydra.run.dir", file=sys.stderr)
-        sys.exit(1)
+        fail(f"{busy}; wait for it or choose another hydra.run.dir")
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     ckpt_path, earlier_run = resume_point(cfg, output_dir, previous, overrides, multirun)
     before = read_result(earlier_run) if earlier_run else previous  # the attempt this one follows

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -28,7 +27,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from tlexp.errors import InvalidValue
+from tlexp.errors import InvalidValue, fail
 from tlexp.rules import Rule, number
 
 log = logging.getLogger(__name__)
@@ -54,11 +53,6 @@ RULES = {
     "num_cpus": Rule("a number of CPUs > 0 (fractions down to 0.0001)", lambda v: number(v) and v > 0 and _fraction(v)),
     "num_gpus": Rule("a number of GPUs >= 0 (fractions down to 0.0001; 0: none)", lambda v: number(v) and v >= 0 and _fraction(v)),
 }
-
-
-def _fail(line: str) -> NoReturn:
-    print(f"tlexp: error: {line}", file=sys.stderr)
-    sys.exit(1)
 
 
 def _unreachable(address: str) -> str | None:
@@ -109,21 +103,21 @@ class RayLauncher(Launcher):
             for name, rule in RULES.items():
                 rule.check(f"hydra.launcher.{name}", getattr(self, name))
         except InvalidValue as error:
-            _fail(str(error) + ("; Ray Client (ray://) is not supported: run the sweep on a node of the cluster"
+            fail(str(error) + ("; Ray Client (ray://) is not supported: run the sweep on a node of the cluster"
                                 if str(self.address).startswith("ray://") else ""))
         try:
             import ray
         except ImportError:
-            _fail("hydra/launcher=ray needs Ray, which is not installed: pip install 'tlexp[ray]'")
+            fail("hydra/launcher=ray needs Ray, which is not installed: pip install 'tlexp[ray]'")
         if ray.is_initialized():
             return
         why = _unreachable(self.address)
         if why:
-            _fail(f"hydra.launcher.address={self.address!r}: {why}; {START_ONE}")
+            fail(f"hydra.launcher.address={self.address!r}: {why}; {START_ONE}")
         try:
             ray.init(address=self.address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as error:  # a version mismatch, say
-            _fail(f"hydra.launcher.address={self.address!r}: Ray could not join the cluster: {str(error).splitlines()[0]}")
+            fail(f"hydra.launcher.address={self.address!r}: Ray could not join the cluster: {str(error).splitlines()[0]}")
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import ray

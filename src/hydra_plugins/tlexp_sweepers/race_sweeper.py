@@ -12,7 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from tlexp.errors import ConfigError, InvalidValue
+from tlexp.errors import ConfigError, InvalidValue, fail
 
 
 class RaceSweeper(Sweeper):
@@ -51,18 +51,15 @@ class RaceSweeper(Sweeper):
             if not (str(race.storage).startswith("sqlite:") or study.is_journal(str(race.storage))):
                 study.storage(race.storage)  # the database server answers (retried), before any worker starts
         except InvalidValue as error:
-            print(f"tlexp: error: {error}", file=sys.stderr)
-            sys.exit(1)
+            fail(error)
         except study.StorageUnreachable as error:
-            print(f"tlexp: error: race.storage: {error}", file=sys.stderr)
-            sys.exit(1)
+            fail(f"race.storage: {error}")
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         if race.settings.workers > 1:
             try:
                 code = race_workers.launch(self.config, arguments, str(race.storage))
             except InvalidValue as error:
-                print(f"tlexp: error: {error}", file=sys.stderr)
-                sys.exit(1)
+                fail(error)
             if code:
                 sys.exit(code)
             return
