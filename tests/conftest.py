@@ -83,10 +83,15 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    """Mark the one-worker groups, and put the modules with slow tests first: xdist hands out the groups (largest
+    first), then the single tests in collection order, so a minute-long subprocess test collected last would run
+    alone at the end while the other workers idle. Whole modules move, so a module's fixtures are built once."""
     for item in items:
         for name in ONE_WORKER_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable: otherwise collection order
 
 
 class GroupSuffix:

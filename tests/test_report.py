@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -259,11 +260,13 @@ def test_command_line(sweep, command, tmp_path):
     executable = shutil.which("tlexp-report", path=str(Path(sys.executable).parent))
     argv = [executable] if command == ["tlexp-report"] else [sys.executable, "scripts/report.py"]
     assert argv[0], "tlexp-report console script not installed: pip install -e ."
-    if command == ["tlexp-report"]:
+    if command == ["tlexp-report"]:  # and imports no torch (Python's import log): a report reads files, it trains nothing
         out = subprocess.run([*argv, str(sweep), "--out", str(tmp_path / "out"), "--fraction", "0.1"], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
         assert out.returncode == 0, out.stderr
         assert "wrote" in out.stdout and (tmp_path / "out" / "report.html").is_file()
+        imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+        assert "json" in imported and "torch" not in imported and "lightning" not in imported
     missing = subprocess.run([*argv, str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "not a directory" in missing.stderr
 

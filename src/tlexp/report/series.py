@@ -21,9 +21,9 @@ def describe(values: list[float]) -> dict:
 
 def known_strategies() -> list[str]:
     """The strategy names in the registry's order (scratch, frozen, partial, ...)."""
-    from tlexp.strategies import STRATEGIES  # here, not at the top: it imports torch, which only a report needs
+    from tlexp.strategies import NAMES  # the names alone: no torch import
 
-    return list(STRATEGIES)
+    return list(NAMES)
 
 
 def strategy_order(names) -> list[str]:
