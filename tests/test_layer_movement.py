@@ -10,7 +10,7 @@ from test_finetuning import build, trainer
 from tlexp.callbacks import LayerMovement
 from tlexp.callbacks.layer_movement import linear_cka, relative_distance
 from tlexp.stages import stage_outputs_modules
-from tlexp.strategies import Partial
+from tlexp.strategies import SSF, BitFit, Partial
 
 
 def test_linear_cka_known_cases():
@@ -50,3 +50,16 @@ def test_frozen_stages_do_not_move_and_training_ones_do(tmp_path):
         else:
             assert distance > 0, stage
     assert float(metrics[f"movement/{backbone_stages[-1]}/cka"]) < 1.0
+
+
+@pytest.mark.parametrize("strategy", [BitFit, SSF])
+def test_parameters_trained_apart_move_their_backbone_stage(tmp_path, strategy):
+    """BitFit's biases and SSF's scales train as stages of their own (``<stage>.biases``); the movement is still per
+    backbone stage, the same stages as any strategy's, with those parameters counted in the stage they belong to."""
+    datamodule, module = build(strategy)
+    fit = trainer(1, tmp_path, [LayerMovement(batch_size=16)])
+    fit.fit(module, datamodule=datamodule)
+    stages = [stage.name for stage in build(Partial)[1].backbone_stages]
+    assert {key.split("/")[1] for key in fit.callback_metrics if key.startswith("movement/")} == set(stages)
+    assert all(float(fit.callback_metrics[f"movement/{stage}/weight_distance"]) > 0 for stage in stages)
+    assert float(fit.callback_metrics[f"movement/{stages[-1]}/cka"]) < 1.0

@@ -32,6 +32,8 @@ class Stage:
     params: list[nn.Parameter] = field(repr=False)
     param_names: list[str] = field(repr=False)
     batchnorms: list[_BatchNorm] = field(default_factory=list, repr=False)
+    split_from: str | None = None
+    """The backbone stage this one's parameters were split off from (``split_off``); None for a backbone stage."""
 
     @property
     def numel(self) -> int:
@@ -146,7 +148,7 @@ def split_off(stages: list[Stage], suffix: str, chosen: Callable[[str], bool]) -
                            [n for n, m in zip(stage.param_names, moved) if not m], stage.batchnorms))
         if any(moved):
             split.append(Stage(stage.name + suffix, [p for p, m in zip(stage.params, moved) if m],
-                               [n for n, m in zip(stage.param_names, moved) if m]))
+                               [n for n, m in zip(stage.param_names, moved) if m], split_from=stage.name))
     return split
 
 

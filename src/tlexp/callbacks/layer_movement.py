@@ -4,7 +4,9 @@ stage, the relative distance of its weights from the ones the run started from, 
 
 Logged as ``movement/<stage>/weight_distance`` and ``movement/<stage>/cka`` (metrics.csv, W&B, and the
 final values in ``result.json``'s ``metrics``). A stage that never trains stays at 0 and 1; a run on
-cached features (``frozen``'s feature cache) has no images to compare and logs nothing.
+cached features (``frozen``'s feature cache) has no images to compare and logs nothing. The stages are the backbone's,
+whatever the strategy: parameters a strategy trains apart (BitFit's biases, SSF's scales, LoRA's adapters: ``<stage>.biases``
+and the like, ``stages.split_off``) count with the stage they belong to, so every strategy's movement reads on one axis.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from tlexp.inference import inference_pass
-from tlexp.stages import HEAD, stage_outputs_modules
+from tlexp.stages import HEAD, Stage, stage_outputs_modules
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -26,6 +28,17 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
     gram_x, gram_y = centred_gram(x), centred_gram(y)
     return float((gram_x * gram_y).sum() / (gram_x.norm() * gram_y.norm()).clamp_min(1e-12))
+
+
+def backbone_stages(stages: list[Stage]) -> dict[str, tuple[list, list[str]]]:
+    """Backbone stage name -> (its parameters, their names), with the stages split off it folded back in, in order."""
+    merged: dict[str, tuple[list, list[str]]] = {}
+    for stage in stages:
+        if stage.name != HEAD:
+            params, names = merged.setdefault(stage.split_from or stage.name, ([], []))
+            params.extend(stage.params)
+            names.extend(stage.param_names)
+    return merged
 
 
 def relative_distance(now: list[torch.Tensor], start: list[torch.Tensor]) -> float:
@@ -57,21 +70,19 @@ class LayerMovement(Callback):
         if images.dtype != torch.uint8:  # cached features, not images: nothing to compare
             return
         self.images = images
-        self.start = {s.name: [p.detach().cpu().clone() for p in s.params] for s in pl_module.stages if s.name != HEAD}
+        self.start = {name: [p.detach().cpu().clone() for p in params] for name, (params, _) in backbone_stages(pl_module.stages).items()}
         self.features = self._stage_features(pl_module, datamodule.normalize)
 
     def _stage_features(self, pl_module, normalize) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
         hooks = []
-        for stage in pl_module.stages:
-            if stage.name == HEAD:
-                continue
+        for stage, (_, param_names) in backbone_stages(pl_module.stages).items():
             try:
-                modules = stage_outputs_modules(pl_module.backbone, stage.param_names)
+                modules = stage_outputs_modules(pl_module.backbone, param_names)
             except AttributeError:  # parameters that are not the backbone's own (none in timm models)
                 continue
             for module in modules:
-                def keep(_, __, output, name=stage.name):
+                def keep(_, __, output, name=stage):
                     outputs[name] = (output[0] if isinstance(output, (tuple, list)) else output).detach().float().cpu()
                 hooks.append(module.register_forward_hook(keep))
         try:
@@ -87,9 +98,9 @@ class LayerMovement(Callback):
             return
         now = self._stage_features(pl_module, trainer.datamodule.normalize)
         values = {}
-        for stage in pl_module.stages:
-            if stage.name in self.start:
-                values[f"movement/{stage.name}/weight_distance"] = relative_distance(stage.params, self.start[stage.name])
-                if stage.name in now and stage.name in self.features:
-                    values[f"movement/{stage.name}/cka"] = linear_cka(self.features[stage.name], now[stage.name])
+        for stage, (params, _) in backbone_stages(pl_module.stages).items():
+            if stage in self.start:
+                values[f"movement/{stage}/weight_distance"] = relative_distance(params, self.start[stage])
+                if stage in now and stage in self.features:
+                    values[f"movement/{stage}/cka"] = linear_cka(self.features[stage], now[stage])
         pl_module.log_dict(values, on_step=False, on_epoch=True)
