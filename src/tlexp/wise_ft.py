@@ -117,7 +117,7 @@ def wise_ft(source: str | Path, alphas: Sequence[float] = GRID, out: str | Path 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tlexp-wise-ft", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="run", help="finished run directories (a race's confirmations: "
-                        "<race dir>/*/<strategy>/confirm_seed*)")
+                        "<race dir>/*/<strategy>/confirm_seed*/: the slash leaves out their .lock files)")
     parser.add_argument("--alphas", default=",".join(map(str, GRID)), help="the grid of a, comma-separated (default 0,0.1,...,1)")
     parser.add_argument("--export", metavar="OUT", help="also save the network at the chosen a (as tlexp-export; one run only)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda where available)")
