@@ -152,8 +152,41 @@ def test_report_html_and_figures(sweep):
     assert page.count('<img alt=') == 5  # the PNGs, embedded: the page opens offline with no server
     assert "no result.json" in page and "data.fraction=2 is not accepted" in page
     for section in ("race", "few_shot", "gain", "cost", "frozen_depth", "datasets", "jobs"):
-        assert f'<table id="{section}">' in page
+        assert f"<h2 id='{section}'>" in page and f'<table id="{section}-table">' in page
+    assert len(element_ids(page)) == len(set(element_ids(page))), "an id names one element (links, CSS, scripts)"
     assert page.count("class='empty'") == 1 and "No completed job logged movement/*" in page  # hand-made jobs: no movement
+
+
+def element_ids(page: str) -> list[str]:
+    """Every element's id in an HTML page (not strings in its scripts)."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Ids(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(value for name, value in attrs if name == "id")
+
+    Ids().feed(page)
+    return found
+
+
+def test_a_race_compares_its_confirmations_not_its_search_trials(tmp_path):
+    """In a race's directory the search trials (never tested, each its own settings) stay out of the race figure and the
+    interactive race, which compare each strategy's tested confirmations as one series over seeds."""
+    root = tmp_path / "race_dir"
+    for trial, lr in enumerate((1e-3, 3e-4, 1e-4)):
+        job = write_job(root, f"race/full/{trial}", strategy="full", fraction=0.1, seed=0, test_acc=0.0, val_accs=[0.5, 0.6],
+                        settings=(f"strategy.lr_backbone={lr}",))
+        record = json.loads((job / "result.json").read_text())
+        (job / "result.json").write_text(json.dumps({**record, "test_acc": None}))
+    for seed in (0, 1):
+        write_job(root, f"race/full/confirm_seed{seed}", strategy="full", fraction=0.1, seed=seed, test_acc=0.8,
+                  val_accs=[0.6, 0.7], settings=("strategy.lr_backbone=0.0003",))
+    generate(root)
+    rows = json.loads((root / "report.json").read_text())["tables"]["race"]
+    assert {(row["strategy"], row["runs"]) for row in rows} == {("full", 2)}
+    assert '"series": "full"' in (root / "report.html").read_text().replace("\'", '"')
 
 
 def test_sections_without_data_say_so(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tlexp.report.dashboard import dashboard_html
 from tlexp.report.figures import plot_cost, plot_depth, plot_few_shot, plot_gain, plot_movement, plot_race, plot_search
-from tlexp.report.series import choose_fraction
+from tlexp.report.series import choose_fraction, compared_jobs
 from tlexp.report.tables import (Table, verdict_table, compares_depths, cost_table, dataset_table, depth_table, few_shot_table, gain_table,
                                  jobs_table, movement_table, race_curves, race_table, unfinished_table, verdict_display)
 from tlexp.results import RACE_FILE, SUMMARY_FILE, Job, load_jobs
@@ -44,10 +44,12 @@ def fmt(value, column: str = "") -> str:
     return html.escape(str(value))
 
 
-def table_html(table: Table, table_id: str) -> str:
+def table_html(table: Table, key: str) -> str:
+    """The table of section ``key``, as ``<table id="<key>-table">`` (the section's heading holds ``id="<key>"``: the link
+    target; an id names one element)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = "\n".join("<tr>" + "".join(f"<td>{fmt(v, c)}</td>" for c, v in zip(table.columns, row)) + "</tr>" for row in table.rows)
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+    return f'<table id="{key}-table"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
 
 
 def image_html(path: Path | None) -> str:
@@ -61,8 +63,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.empty{color:#888;font-style:italic}
 .section{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img{max-width:100%;border:1px solid #eee}
-.failed{color:#b00}#verdict td{white-space:nowrap}
-#verdict td:last-child{text-align:left;max-width:32em;white-space:normal}"""
+.failed{color:#b00}#verdict-table td{white-space:nowrap}
+#verdict-table td:last-child{text-align:left;max-width:32em;white-space:normal}"""
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Section:
 
 def build_sections(jobs: list[Job], out: Path, fraction: float | None, figures: bool = True) -> list[Section]:
     race_fraction = choose_fraction(jobs, fraction)
-    curves = race_curves(jobs, race_fraction) if race_fraction is not None else {}
+    curves = race_curves(compared_jobs(jobs), race_fraction) if race_fraction is not None else {}
     few_shot = few_shot_table(jobs)
     gain = gain_table(few_shot)
     cost = cost_table(jobs)
@@ -151,7 +153,7 @@ def generate(sweep_dir: str | Path, out: str | Path | None = None, fraction: flo
                      "ones cut short (grey, x), the best one bold.</p>" + table_html(verdict_display(verdict), "verdict"))
         search_figure = plot_search(json.loads((sweep_dir / RACE_FILE).read_text())["cells"], out / "race_search.png") if figures else None
         parts.append(image_html(search_figure))
-    parts.append("<h2 id='dashboard'>Interactive race</h2>" + dashboard_html(jobs, fraction))
+    parts.append("<h2 id='dashboard'>Interactive race</h2>" + dashboard_html(compared_jobs(jobs), fraction))
     for section in sections:
         parts.append(f"<h2 id='{section.key}'>{section.title}</h2><p>{section.text}</p>")
         if section.empty:

@@ -19,6 +19,14 @@ def describe(values: list[float]) -> dict:
             "min": min(values), "max": max(values)}
 
 
+def compared_jobs(jobs: list[Job]) -> list[Job]:
+    """The jobs the strategy figures compare: the tested ones where some were tested, else all. A race's search trials
+    are never tested (selection on validation); its confirmations, tested on each seed, are the comparison, and a
+    trial's settings would each be a series of its own."""
+    tested = [job for job in jobs if job.test_acc is not None]
+    return tested or jobs
+
+
 def known_strategies() -> list[str]:
     """The strategy names in the registry's order (scratch, frozen, partial, ...)."""
     from tlexp.strategies import NAMES  # the names alone: no torch import
@@ -42,7 +50,8 @@ AVERAGED = "seed"  # the only swept setting the report averages over
 AXIS = "data.fraction"  # a setting with an axis (or a slider) of its own
 NOT_SETTINGS = ("hydra.", "paths.", "logger", "wandb.", "experiment", "hparams_search", "ckpt_path", "group",
                 "tags", "trainer.enable_progress_bar",  # where a run is written and logged, not what it measures
-                "test", "callbacks.layer_movement")  # what is measured after training (a race's trials skip both)
+                "test", "callbacks.layer_movement",  # what is measured after training (a race's trials skip both)
+                "race.")  # how a race searched (its strategies, trials, workers): its jobs' settings are their own overrides
 
 
 def _settings(job: Job) -> dict[str, str]:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The FM 1 % race's full and lpft confirmations again (same settings, seeds 0-2), keeping checkpoints, then WiSE-FT.
-cd "$(dirname "$0")/../../../../.."  # the repository root
+cd "$(dirname "$0")/../../.."  # the repository root
 export OMP_NUM_THREADS=1
 COMMON="data=fashion_mnist data.fraction=0.01 trainer.max_epochs=8 trainer.enable_progress_bar=false logger=csv seed=0,1,2"
 .venv/bin/python train.py -m $COMMON strategy=full strategy.lr_head=0.0005942873784745223 strategy.lr_backbone=0.00028836604408046836 strategy.optimizer.weight_decay=0.013560853487480533 hydra.sweep.dir=/tmp/wise_fm1/full
