@@ -58,9 +58,11 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
-ONE_WORKER_FIXTURES = ("strategy_sweep", "ddp_multirun")
-"""Session fixtures whose tests form one xdist group: one worker computes the fixture and runs them all (a test
-that asks for one through ``request.getfixturevalue`` marks itself ``xdist_group(<fixture name>)``)."""
+ONE_WORKER_FIXTURES = ("strategy_sweep", "ddp_multirun", "postgres", "cache_workers", "benchmark_results")
+"""Session and module fixtures whose tests form one xdist group: one worker computes the fixture and runs them all,
+rather than each worker computing its own (a sweep, a database server, spawned processes importing torch, the
+benchmark sections); a test that asks for one through ``request.getfixturevalue`` marks itself
+``xdist_group(<fixture name>)``."""
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -48,7 +48,7 @@ def positive(*values) -> bool:
 
 
 @pytest.fixture(scope="module")
-def results() -> dict:
+def benchmark_results() -> dict:
     """Sections 1-3 on the tiny model (section 3b in this process: a fresh one per depth is the slow test)."""
     out = {"machine": report.machine(TINY), "seconds": 1.0}
     out["throughput"] = section_throughput(TINY)
@@ -61,38 +61,38 @@ def results() -> dict:
     return out
 
 
-def test_throughput(results):
-    t = results["throughput"]
+def test_throughput(benchmark_results):
+    t = benchmark_results["throughput"]
     for strategy in ("full", "partial"):
         assert positive(*(t[strategy][k] for k in ("plain", "tlexp", "ratio", "plain_cpu", "tlexp_cpu", "ratio_cpu")))
     assert set(t["tiny_ms_per_step"]) == {"plain", "plain+dataloader", "tlexp"}
     assert all(positive(*ms) for ms in t["tiny_ms_per_step"].values())
 
 
-def test_cache_trains_the_same_head(results):
-    c = results["cache"]
+def test_cache_trains_the_same_head(benchmark_results):
+    c = benchmark_results["cache"]
     assert c["heads_allclose"] is True
     for run in ("uncached", "cached", "cached_from_disk"):
         assert len(c[run]["epoch_s"]) == TINY.epochs and 0 <= c[run]["val_acc"] <= 1
     assert c["cached"]["val_acc"] == pytest.approx(c["uncached"]["val_acc"], abs=1e-6)
 
 
-def test_gradual_against_backbone_finetuning(results):
-    g = results["gradual"]
+def test_gradual_against_backbone_finetuning(benchmark_results):
+    g = benchmark_results["gradual"]
     assert set(g) == {"tlexp_gradual", "lightning_backbone_finetuning"}
     assert all(len(v["epoch_s"]) == EPOCHS and len(v["val_acc"]) == EPOCHS for v in g.values())
 
 
-def test_depths_in_process(results):
-    rows = results["depths"]
+def test_depths_in_process(benchmark_results):
+    rows = benchmark_results["depths"]
     params = [r["trainable_params"] for r in rows]
     saved = [r["saved_activations_mb"] for r in rows]
     assert params[0] > params[1] > params[2] and saved[0] > saved[1] > saved[2]
     assert all(positive(r["step_s"], r["rss_peak_mb"], r["maxrss_mb"]) for r in rows)
 
 
-def test_markdown_keeps_the_format_of_docs_benchmarks(results):
-    results = {**results, "sweep": sweep.summarize(stamps(), started=100.0, ended=130.0, logger="csv")}
+def test_markdown_keeps_the_format_of_docs_benchmarks(benchmark_results):
+    results = {**benchmark_results, "sweep": sweep.summarize(stamps(), started=100.0, ended=130.0, logger="csv")}
     text = report.markdown(results, TINY)
     # every heading and table header is the one docs/BENCHMARKS.md shows
     lines = text.splitlines()

@@ -95,15 +95,15 @@ def _writer(path: str, seconds: float) -> int:
 
 # --- the tests ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def workers():
+def cache_workers():
     context = multiprocessing.get_context("spawn")
     sync = {"barrier": context.Barrier(2), "waiting": context.Event()}
     with context.Pool(2, initializer=_init, initargs=(sync,)) as pool:
         yield pool, sync
 
 
-def test_two_processes_compute_a_key_once(workers, tmp_path):
-    pool, sync = workers
+def test_two_processes_compute_a_key_once(cache_workers, tmp_path):
+    pool, sync = cache_workers
     sync["waiting"].clear()
     jobs = [pool.apply_async(_job, (str(tmp_path),)) for _ in range(2)]
     results = [job.get(timeout=120) for job in jobs]
@@ -127,8 +127,8 @@ def test_two_processes_compute_a_key_once(workers, tmp_path):
     assert (tmp_path / f"{computed[0]['report']['val']['key']}.pt.lock").stat().st_size == 0
 
 
-def test_a_reader_never_sees_a_half_written_file(workers, tmp_path, monkeypatch, caplog):
-    pool, _ = workers
+def test_a_reader_never_sees_a_half_written_file(cache_workers, tmp_path, monkeypatch, caplog):
+    pool, _ = cache_workers
     path = tmp_path / "k.pt"
     store.save(path, _payload(0))
 
