@@ -101,7 +101,7 @@ def test_jobs_include_failed_and_killed(sweep):
 
 
 def test_few_shot_and_gain_tables(sweep):
-    generate(sweep)
+    generate(sweep, figures=False)  # tables only: the figures have tests of their own
     few_shot = {(r["strategy"], r["fraction"]): r for r in tables(sweep)["few_shot"]}
     for key, accs in ACC.items():
         row = few_shot[key]
@@ -118,7 +118,7 @@ def test_few_shot_and_gain_tables(sweep):
 
 
 def test_race_uses_the_most_common_fraction_and_bands_over_seeds(sweep):
-    generate(sweep)
+    generate(sweep, figures=False)
     race = tables(sweep)["race"]
     assert {r["strategy"] for r in race} == {"scratch", "frozen", "full", "partial"}  # fraction 0.1: 13 jobs vs 6
     full = [r for r in race if r["strategy"] == "full"]
@@ -127,12 +127,12 @@ def test_race_uses_the_most_common_fraction_and_bands_over_seeds(sweep):
     assert full[1]["val_acc_mean"] == pytest.approx(sum(accs) / 2)
     assert full[1]["val_acc_min"] == pytest.approx(min(accs)) and full[1]["val_acc_max"] == pytest.approx(max(accs))
     assert full[1]["elapsed_s"] == pytest.approx((3.0 * 2 + 4.0 * 2) / 2)
-    generate(sweep, fraction=1.0)
+    generate(sweep, fraction=1.0, figures=False)
     assert {r["strategy"] for r in tables(sweep)["race"]} == {"scratch", "frozen", "full"}
 
 
 def test_cost_and_frozen_depth_tables(sweep):
-    generate(sweep)
+    generate(sweep, figures=False)
     cost = {(r["strategy"], r["fraction"]): r for r in tables(sweep)["cost"]}
     assert cost[("frozen", 1.0)]["params_trainable"] == 100
     assert cost[("frozen", 1.0)]["s_per_epoch"] == pytest.approx((1.0 + 2.0) / 2)  # seeds' epochs took 1 s and 2 s
@@ -183,7 +183,7 @@ def test_a_race_compares_its_confirmations_not_its_search_trials(tmp_path):
     for seed in (0, 1):
         write_job(root, f"race/full/confirm_seed{seed}", strategy="full", fraction=0.1, seed=seed, test_acc=0.8,
                   val_accs=[0.6, 0.7], settings=("strategy.lr_backbone=0.0003",))
-    generate(root)
+    generate(root, figures=False)
     rows = json.loads((root / "report.json").read_text())["tables"]["race"]
     assert {(row["strategy"], row["runs"]) for row in rows} == {("full", 2)}
     assert '"series": "full"' in (root / "report.html").read_text().replace("\'", '"')
