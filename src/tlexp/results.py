@@ -37,6 +37,14 @@ def settings_text(params: dict | None) -> str:
                      for key, value in (params or {}).items())
 
 
+def with_interval(value: float | None, ci: tuple[float, float] | None, spec: str = ".4f") -> str | None:
+    """A mean and its interval in one cell (``0.8200 [0.8011, 0.8389]``), None without a mean: the printed verdict and
+    the report's leaderboard show the same."""
+    if value is None:
+        return None
+    return format(value, spec) + (f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci else "")
+
+
 class Status(str, Enum):
     """What became of a job. A str, so it compares equal to the text in ``result.json``."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from tlexp.results import RACE_FILE, settings_text
+from tlexp.results import RACE_FILE, settings_text, with_interval
 
 
 def interval(values: list[float]) -> tuple[float, float] | None:
@@ -68,12 +68,6 @@ def _fmt(value, spec=".4f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _ranged(value, ci, spec=".4f") -> str:
-    """A mean with its interval in one column: ``0.8200 [0.8011, 0.8389]``."""
-    inside = f" [{ci[0]:{spec}}, {ci[1]:{spec}}]" if ci else ""
-    return _fmt(value, spec) + (inside if value is not None else "")
-
-
 def format_race(result: dict) -> str:
     lines = [f"tlexp race {result['race_dir']} (storage {result['storage']})"]
     searched_only = result["settings"].get("seeds") == 0
@@ -91,8 +85,8 @@ def format_race(result: dict) -> str:
             word = "winner" if e.get("winner") else ("tied" if e.get("tied") else ("behind" if "mean" in e else
                                                                                    "searched" if searched_only else "no result"))
             search = e["search"]
-            target = (f" {_ranged(e.get('target_mean'), e.get('target_ci')):>26s}"
-                      f" {_ranged(e.get('target_diff'), e.get('target_diff_ci'), '+.4f'):>28s}") if shifted else ""
+            target = (f" {with_interval(e.get('target_mean'), e.get('target_ci')) or '-':>26s}"
+                      f" {with_interval(e.get('target_diff'), e.get('target_diff_ci'), '+.4f') or '-':>28s}") if shifted else ""
             lines.append(f"  {e['strategy']:15s} {_fmt(e.get('val_acc_best')):>8s} {_fmt(e.get('mean')):>7s} "
                          f"{(f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else '-'):>17s} {_fmt(e.get('diff'), '+.4f'):>9s} "
                          f"{(f'[{dci[0]:+.4f}, {dci[1]:+.4f}]' if dci else '-'):>19s}  {word:10s} "

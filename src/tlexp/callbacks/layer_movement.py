@@ -30,7 +30,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((gram_x * gram_y).sum() / (gram_x.norm() * gram_y.norm()).clamp_min(1e-12))
 
 
-def backbone_stages(stages: list[Stage]) -> dict[str, tuple[list, list[str]]]:
+def by_backbone_stage(stages: list[Stage]) -> dict[str, tuple[list, list[str]]]:
     """Backbone stage name -> (its parameters, their names), with the stages split off it folded back in, in order."""
     merged: dict[str, tuple[list, list[str]]] = {}
     for stage in stages:
@@ -70,13 +70,13 @@ class LayerMovement(Callback):
         if images.dtype != torch.uint8:  # cached features, not images: nothing to compare
             return
         self.images = images
-        self.start = {name: [p.detach().cpu().clone() for p in params] for name, (params, _) in backbone_stages(pl_module.stages).items()}
+        self.start = {name: [p.detach().cpu().clone() for p in params] for name, (params, _) in by_backbone_stage(pl_module.stages).items()}
         self.features = self._stage_features(pl_module, datamodule.normalize)
 
     def _stage_features(self, pl_module, normalize) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
         hooks = []
-        for stage, (_, param_names) in backbone_stages(pl_module.stages).items():
+        for stage, (_, param_names) in by_backbone_stage(pl_module.stages).items():
             try:
                 modules = stage_outputs_modules(pl_module.backbone, param_names)
             except AttributeError:  # parameters that are not the backbone's own (none in timm models)
@@ -98,7 +98,7 @@ class LayerMovement(Callback):
             return
         now = self._stage_features(pl_module, trainer.datamodule.normalize)
         values = {}
-        for stage, (params, _) in backbone_stages(pl_module.stages).items():
+        for stage, (params, _) in by_backbone_stage(pl_module.stages).items():
             if stage in self.start:
                 values[f"movement/{stage}/weight_distance"] = relative_distance(params, self.start[stage])
                 if stage in now and stage in self.features:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlexp.report.series import by_series_and_fraction, describe, fraction_of, series_names, strategy_order
-from tlexp.results import RACE_FILE, Job, Status, settings_text
+from tlexp.results import RACE_FILE, Job, Status, settings_text, with_interval
 
 
 @dataclass
@@ -208,10 +208,7 @@ def verdict_display(verdict: Table) -> Table:
     """The verdict as the page shows it: each interval beside its mean in one cell, the search's compute in one,
     so that the leaderboard fits the page (report.json keeps ``verdict_table``'s separate numbers)."""
     def ranged(mean, low, high, sign=""):
-        if mean is None:
-            return None
-        inside = f" [{low:{sign}.4f}, {high:{sign}.4f}]" if low is not None else ""
-        return f"{mean:{sign}.4f}{inside}"
+        return with_interval(mean, (low, high) if low is not None else None, f"{sign}.4f")
 
     shifted = any(r["target_acc_mean"] is not None for r in verdict.as_dicts())  # a race with data.target_domain
     rows = [[r["cell"], r["strategy"], r["verdict"], ranged(r["test_acc_mean"], r["test_acc_ci_low"], r["test_acc_ci_high"]),
