@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tlexp.results import load_jobs
-from tlexp.verdict import interval
+from tlexp.verdict import paired
 
 IGNORED = ("seed", "experiment", "logger", "hydra.", "paths.")
 METRICS = ("test_acc", "target_test_acc", "val_acc_best")
@@ -75,10 +75,9 @@ def paired_table(groups: dict, reference: str, metrics: list[str]) -> str:
             continue
         cells = []
         for m in metrics:
-            diffs = [row[m] - ref[m] for row, ref in pairs if row[m] is not None and ref[m] is not None]
-            bounds = interval(diffs)
-            cells.append("-" if not diffs else f"{statistics.fmean(diffs):+.3f}"
-                         + (f" [{bounds[0]:+.3f}, {bounds[1]:+.3f}]" if bounds else ""))
+            both = [(row["seed"], row[m], ref[m]) for row, ref in pairs if row[m] is not None and ref[m] is not None]
+            d = paired({seed: a for seed, a, _ in both}, {seed: b for seed, _, b in both})
+            cells.append("-" if not both else f"{d['diff']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else ""))
         lines.append(f"| {key} ({sweep}) | {len(pairs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ computed once for all workers (``once_per_suite``), and the tests that read ``st
 
 from __future__ import annotations
 
+import _posixsubprocess
 import contextlib
 import copy
 import csv
@@ -58,6 +59,9 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 """This pytest-xdist worker's name (gw0, gw1, ...); None in a serial run."""
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
+FAST_TIER = "not slow"
+"""``make test-fast``'s ``-m``: the tests that run in the pytest process (``in_process_only``)."""
+
 ONE_WORKER_FIXTURES = ("strategy_sweep", "ddp_multirun", "postgres", "cache_workers", "benchmark_results")
 """Session and module fixtures whose tests form one xdist group: one worker computes the fixture and runs them all,
 rather than each worker computing its own (a sweep, a database server, spawned processes importing torch, the
@@ -68,8 +72,11 @@ benchmark sections); a test that asks for one through ``request.getfixturevalue`
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker more than cores (``--maxprocesses`` caps it): much of the suite's time is spent
     waiting on child processes (submitit's result wait, a silent W&B server, PostgreSQL and Ray starting), which a
-    spare worker fills (2 cores: 6 min 46 s with 3 workers against 7 min 9 s with 2, 2026-12-07)."""
-    return len(os.sched_getaffinity(0)) + 1
+    spare worker fills (2 cores: 6 min 46 s with 3 workers against 7 min 9 s with 2, 2026-12-07). The fast tier
+    (``-m "not slow"``) starts no such process (``in_process_only``): one worker per core, as a spare one would only
+    add its start-up (about 12 s of CPU importing torch, Lightning and timm)."""
+    cores = len(os.sched_getaffinity(0))
+    return cores if config.option.markexpr == FAST_TIER else cores + 1
 
 
 def pytest_configure(config):
@@ -183,6 +190,51 @@ runpy.run_path("train.py", run_name="__main__")
 """``python -c START_TOGETHER <dir> <count> <train.py's arguments>``: train.py, run once <count> processes started so
 have imported tlexp.train and written their pids into <dir> (race workers that start together: test_race.py,
 test_race_postgres.py)."""
+
+
+QUICK_PROGRAMS = frozenset({"true", "make"})
+"""Programs a fast test may start: they take milliseconds (a pid that has exited, the Makefile's logic)."""
+
+
+@contextlib.contextmanager
+def in_process_only(item):
+    """In a test not marked slow, starting a program other than ``QUICK_PROGRAMS`` (train.py or any Python, a console
+    script, a spawned worker, a database server, a browser) fails the test: each costs seconds of start-up, and
+    ``make test-fast`` runs in the pytest process. Python starts programs through ``_posixsubprocess.fork_exec``
+    (``subprocess`` keeps its own reference; asyncio's subprocesses go through ``subprocess``, multiprocessing's spawn
+    and forkserver through the module) or ``os.posix_spawn``; a plain ``os.fork`` (a DataLoader's workers) starts no
+    program and is allowed."""
+    if item.get_closest_marker("slow"):
+        yield
+        return
+
+    def guarded(start, program_of):
+        def start_if_quick(*args, **kwargs):
+            program = os.path.basename(os.fsdecode(program_of(args)))
+            if program not in QUICK_PROGRAMS:
+                pytest.fail(f"{item.nodeid} starts {program} but is not marked slow: make test-fast starts no program "
+                            f"but {', '.join(sorted(QUICK_PROGRAMS))}", pytrace=False)
+            return start(*args, **kwargs)
+        return start_if_quick
+
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, name in ((_posixsubprocess, "fork_exec"), (subprocess, "_fork_exec")):  # (argv, executables, ...)
+            patch.setattr(owner, name, guarded(getattr(owner, name), lambda args: args[0][0]))
+        for name in ("posix_spawn", "posix_spawnp"):  # (path, argv, env, ...)
+            patch.setattr(os, name, guarded(getattr(os, name), lambda args: args[0]))
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with in_process_only(item):  # a session fixture built for a fast test counts (a database server)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with in_process_only(item):
+        return (yield)
 
 
 _RUNNING: dict = {}

@@ -102,6 +102,7 @@ def cache_workers():
         yield pool, sync
 
 
+@pytest.mark.slow
 def test_two_processes_compute_a_key_once(cache_workers, tmp_path):
     pool, sync = cache_workers
     sync["waiting"].clear()
@@ -127,6 +128,7 @@ def test_two_processes_compute_a_key_once(cache_workers, tmp_path):
     assert (tmp_path / f"{computed[0]['report']['val']['key']}.pt.lock").stat().st_size == 0
 
 
+@pytest.mark.slow
 def test_a_reader_never_sees_a_half_written_file(cache_workers, tmp_path, monkeypatch, caplog):
     pool, _ = cache_workers
     path = tmp_path / "k.pt"

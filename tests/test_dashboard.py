@@ -88,6 +88,7 @@ def test_page_is_self_contained(page, tmp_path):
     assert "no interactive race" in generate(empty, figures=False).read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no {CHROMIUM}: install the Debian package chromium (make browser)")
 def test_sliders_and_stage_strip_in_chromium(page, sweep):
     from playwright.sync_api import sync_playwright

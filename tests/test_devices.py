@@ -45,17 +45,32 @@ def test_no_gpu_leaves_the_trainer_alone(monkeypatch):
     assert devices.trainer_devices(OmegaConf.create({"accelerator": "auto", "devices": 1}), 1) is None
 
 
-def test_race_workers_on_the_local_executor_get_different_gpus(monkeypatch, tmp_path):
-    """Two race workers through submitit's local executor (which sets the same CUDA_VISIBLE_DEVICES for every job):
-    each sees its own GPU of the submitter's four."""
+@pytest.mark.slow
+def test_race_workers_on_the_local_executor_get_different_gpus_and_a_share_of_the_cores(monkeypatch, tmp_path):
+    """Two race workers through submitit's local executor (which sets the same CUDA_VISIBLE_DEVICES for every job and
+    no thread count): each sees its own GPU of the submitter's four, and half of its four cores as torch threads."""
     pytest.importorskip("submitit", reason="no submitit (pip install 'tlexp[sweep]')")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", FOUR)
-    config = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}},
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "cores", lambda: 4)
+    config = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+                                         "sweep": {"dir": str(tmp_path)}},
                                "race": {"workers": 2}})
     pool, cluster = race_workers.executor(config, tmp_path / "%j")
     assert cluster == "local"
     # no launcher time limit: a week, not submitit's local default of 2 minutes, which stopped workers mid-race
     assert pool._executor.parameters["timeout_min"] == race_workers.LOCAL_TIME_LIMIT_MIN
-    show = [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"]
-    jobs = pool.map_array(race_workers.Worker(show, str(tmp_path), devices.visible()), range(2))
-    assert [job.result().strip().splitlines()[-1] for job in jobs] == ["gpu=0", "gpu=1"]
+    show = [sys.executable, "-c",
+            "import os, torch; print(f\"gpu={os.environ['CUDA_VISIBLE_DEVICES']} threads={torch.get_num_threads()}\")"]
+    monkeypatch.setattr(race_workers, "worker_command", lambda *_: show)
+    jobs, cluster, _ = race_workers.submit(config, [], "sqlite:///x.db")
+    assert [job.result().strip().splitlines()[-1] for job in jobs] == ["gpu=0 threads=2", "gpu=1 threads=2"]
+
+
+def test_side_by_side_processes_share_the_cores(monkeypatch):
+    """Each of N processes gets cores // N torch threads, at least one; a set OMP_NUM_THREADS is the user's choice."""
+    monkeypatch.setattr(devices, "cores", lambda: 8)
+    assert devices.thread_env(2, {}) == {"OMP_NUM_THREADS": "4"}
+    assert devices.thread_env(3, {}) == {"OMP_NUM_THREADS": "2"}
+    assert devices.thread_env(16, {}) == {"OMP_NUM_THREADS": "1"}
+    assert devices.thread_env(2, {"OMP_NUM_THREADS": "6"}) == {}

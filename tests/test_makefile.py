@@ -70,6 +70,7 @@ def bin_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_picks_python312_when_python311_is_missing(bin_dir: Path, tmp_path: Path) -> None:
     _add(bin_dir, "python3.12", _real_python((3, 12)))  # a real 3.12 where one exists, else a wrapper
     out = _make(bin_dir, "python")

@@ -18,6 +18,7 @@ from conftest import CONF_DIR, NO_REPORT, PYTHON, REPO, START_TOGETHER, TINY, me
 from tlexp import study as studies
 
 
+@pytest.mark.slow
 def test_a_trial_whose_heartbeat_stopped_is_run_again_once(postgres):
     """A trial of a worker on another host (no pid check there) whose heartbeat stopped is released by the next claim on
     any host and its settings run again; a trial whose heartbeat goes on (``beating``) is kept; two workers releasing
@@ -163,6 +164,7 @@ def test_race_workers_run_as_one_submitit_array(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_race_workers_on_slurm_are_one_array_of_one_gpu_tasks(tmp_path, monkeypatch):
     """``hydra/launcher=slurm race.workers=3``: one sbatch script, an array of 3 tasks (all at once), each one task
     with the launcher's GPUs, partition and time limit, running the same race command as one worker with the race
@@ -203,6 +205,7 @@ def test_sqlite_is_refused_for_slurm_workers(tmp_path, main_inprocess):
     assert not (tmp_path / "race").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_worker_is_one_error_naming_its_log(tmp_path, monkeypatch, capsys):
     """A worker that exits non-zero (here a stand-in command) makes the submitting command print one line per failed
     worker naming its submitit log, and return non-zero; no verdict is printed."""

@@ -286,6 +286,7 @@ def test_describe():
     assert describe([])["mean"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["tlexp-report"], ["scripts/report.py"]])
 def test_command_line(sweep, command, tmp_path):
     """Both entry points reach the same ``main`` (a missing directory: exit 2, the same line); the console script,

@@ -78,18 +78,18 @@ except ImportError:  # the sweep extra is not installed: race.workers > 1 says s
 
 
 class Worker(Checkpointable):
-    """One array task: the worker's command, on its own GPU of ``gpus`` (tlexp.devices); its output (submitit's
-    FailedJobError where it exits non-zero).
+    """One array task: the worker's command, on its own GPU of ``gpus`` with ``threads`` (its share of this machine's
+    cores, tlexp.devices); its output (submitit's FailedJobError where it exits non-zero).
     Checkpointable: at the SLURM time limit or a preemption submitit requeues the task (``max_num_timeout``), and
     the requeued worker continues the race like any worker started again."""
 
-    def __init__(self, command: list[str], cwd: str, gpus: list[str] = ()):
-        self.command, self.cwd, self.gpus = command, cwd, list(gpus)
+    def __init__(self, command: list[str], cwd: str, gpus: list[str] = (), threads: dict[str, str] | None = None):
+        self.command, self.cwd, self.gpus, self.threads = command, cwd, list(gpus), dict(threads or {})
 
     def __call__(self, index: int) -> str:
         from submitit.helpers import CommandFunction
 
-        env = {**os.environ, "TLEXP_RACE_WORKER": str(index), **devices.worker_env(index, self.gpus)}
+        env = {**os.environ, **self.threads, "TLEXP_RACE_WORKER": str(index), **devices.worker_env(index, self.gpus)}
         return CommandFunction(self.command, cwd=self.cwd, env=env, verbose=True)()
 
 
@@ -101,8 +101,9 @@ def submit(config: DictConfig, arguments: list[str], storage: str) -> tuple[list
     pool, cluster = executor(config, folder)
     command = worker_command(config, arguments, storage)
     cwd = str(OmegaConf.select(config, "hydra.runtime.cwd", default=None) or os.getcwd())
-    gpus = devices.visible() if cluster == "local" else []  # this machine's, one each (tlexp.devices); SLURM pins its own
-    return pool.map_array(Worker(command, cwd, gpus), range(n)), cluster, folder.parent
+    # this machine's GPUs, one each, and its cores, shared (tlexp.devices); SLURM pins its own
+    gpus, threads = (devices.visible(), devices.thread_env(n)) if cluster == "local" else ([], {})
+    return pool.map_array(Worker(command, cwd, gpus, threads), range(n)), cluster, folder.parent
 
 
 def reason(error: str) -> str:
