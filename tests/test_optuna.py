@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import CONF_DIR, NO_REPORT, STRATEGIES, read_json
-from tlexp import config, search_space
+from tlexp import config, search_space, study as studies
 from tlexp.errors import InvalidValue
 
 SHARED = {"strategy.lr_head"}
@@ -121,6 +121,22 @@ def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == SHARED | OWN["gradual"] and best["trials"] == 3
     assert best["best_value"] == pytest.approx(max(r["val_acc_best"] for r in records.values()))
+
+
+def test_a_proposal_the_strategy_refuses_costs_no_trial(tmp_path, main_inprocess):
+    """lpft's probe_epochs must leave an epoch to fine-tune: proposals of 2 or 3 in a 2-epoch search are refused by the
+    strategy, not counted and leave no job directory; the 2 trials of the budget are runnable ones."""
+    db = tmp_path / "study.db"
+    code, output = main_inprocess(tmp_path, "hparams_search=optuna", "strategy=lpft", "trainer.max_epochs=2",
+                                  "strategy.probe_epochs=int(interval(0,3))", "hydra.sweeper.n_trials=2",
+                                  f"hydra.sweep.dir={tmp_path}", f"hydra.sweeper.storage=sqlite:///{db}", NO_REPORT)
+    assert code == 0, output[-4000:]
+    study = optuna.load_study(study_name="tlexp", storage=f"sqlite:///{db}")
+    refused = [t for t in study.trials if t.user_attrs.get(studies.RERUN) == studies.REFUSED]
+    completed = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert refused and all(t.params["strategy.probe_epochs"] >= 2 for t in refused)
+    assert len(completed) == 2 == studies.used(study) and all(t.params["strategy.probe_epochs"] <= 1 for t in completed)
+    assert sorted(int(p.parent.name) for p in tmp_path.glob("*/result.json")) == sorted(t.number for t in completed)
 
 
 def _open_storage(url: str, queue) -> None:

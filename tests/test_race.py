@@ -110,6 +110,35 @@ def test_a_killed_trial_is_run_again_and_counted_once(tmp_path):
     assert studies.used(study) == 1 and studies.claim(study, budget=2).suggest_float("x", 0.0, 1.0) == x
 
 
+LPFT_SEARCH = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.seeds=0", "race.strategies=[lpft]", NO_REPORT)
+
+
+def test_a_proposal_the_strategy_refuses_costs_no_budget(tmp_path, main_inprocess):
+    """A sampled value the strategy's rules refuse for this run (lpft's probe_epochs >= trainer.max_epochs) is not a
+    trial: uncounted, no job directory, another proposed, so every strategy gets its whole budget of runnable trials."""
+    code, output = main_inprocess(tmp_path, *LPFT_SEARCH, "race.trials=2", "strategy.probe_epochs=int(interval(0,3))",
+                                  f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, output[-4000:]
+    study = optuna.load_study(study_name="race/lpft", storage=f"sqlite:///{tmp_path / 'race.db'}")
+    refused = [t for t in study.trials if t.user_attrs.get(studies.RERUN) == studies.REFUSED]
+    counted = [t for t in study.trials if studies.counted(t)]
+    assert refused and all(t.params["strategy.probe_epochs"] >= 2 for t in refused)
+    assert len(counted) == 2 and all(t.params["strategy.probe_epochs"] <= 1 and t.state != TrialState.FAIL for t in counted)
+    assert sorted(p.name for p in (tmp_path / "race" / "lpft").iterdir()) == sorted(str(t.number) for t in counted)
+    (entry,) = read_json(tmp_path / "race.json")["cells"][0]["strategies"]
+    assert entry["search"]["trials"] == 2 and entry["search"]["failed"] == 0
+
+
+def test_a_space_the_strategy_always_refuses_is_one_error(tmp_path, main_inprocess):
+    """Where every proposal is refused (5 per trial of the budget), the race stops with one error naming the key, its
+    space and what the strategy accepts, instead of proposing for ever or spending the budget on nothing."""
+    code, output = main_inprocess(tmp_path, *LPFT_SEARCH, "race.trials=1", "strategy.probe_epochs=int(interval(2,5))",
+                                  f"hydra.sweep.dir={tmp_path}")
+    assert code != 0
+    assert "strategy.probe_epochs='int(interval(2,5))' is not accepted; accepted: an integer in [0, 1]" in output, output[-3000:]
+    assert not list((tmp_path / "race" / "lpft").glob("*/result.json"))
+
+
 def test_the_command_line_splits_into_cells_and_search_spaces():
     cells, space = race.cells(["model=tiny", "data.fraction=0.1,0.5", "strategy.frozen_depth=int(interval(0,6))", "seed=1,2"])
     assert cells == [["model=tiny", "data.fraction=0.1", "seed=1"], ["model=tiny", "data.fraction=0.1", "seed=2"],

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -144,6 +145,12 @@ class Race:
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             elif record.status == Status.COMPLETED and record.val_acc_best is not None:
                 study.tell(trial, float(record.val_acc_best), skip_if_finished=True)
+            elif record.refused and record.refused["key"] in self.spaces[strategy]:
+                log.warning("%s trial %d: %s=%s is outside what %s accepts (%s): not counted, another is proposed", strategy,
+                            trial.number, record.refused["key"], record.refused["value"], strategy, record.refused["accepted"])
+                shutil.rmtree(self.dir / subdir, ignore_errors=True)  # not a trial: no job directory that reads as one
+                space = {**search_space.strategy_space(strategy), **self.space_overrides}.get(record.refused["key"], "")
+                studies.refuse(study, trial, record.refused, int(self.settings.trials), space)
             else:
                 log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # counted: its settings used the budget

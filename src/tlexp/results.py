@@ -105,6 +105,7 @@ class RunRecord:
     started: str | None = None  # UTC, ISO 8601
     heartbeat: str | None = None  # UTC, ISO 8601: the last time the job was known to run
     epochs_done: int | None = None  # training epochs finished (and checkpointed)
+    refused: dict | None = None  # a config error: {key, value, accepted} of the value refused
     peak_rss_mb: float | None = None  # peak resident memory of the training process so far (MB)
     oom_kill_counter: dict | None = None  # {file, at_start}: the job's memory cgroup's oom_kill count when it started
     launcher_job: str | None = None  # submitit's job id (SLURM: <array job>_<task>)

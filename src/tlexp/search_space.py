@@ -66,6 +66,11 @@ def parse(overrides: Iterable[str]) -> tuple[dict[str, BaseDistribution], dict[s
     return distributions, fixed
 
 
+def texts(overrides: Iterable[str]) -> dict[str, str]:
+    """``key=<sweep>`` overrides -> {key: the sweep as written}; a later override of a key wins."""
+    return {o.get_key_element(): o.input_line.split("=", 1)[1] for o in OverridesParser.create().parse_overrides(list(overrides))}
+
+
 def as_overrides(params: Mapping[str, Any]) -> list[str]:
     return [f"{key}={value}" for key, value in params.items()]
 

@@ -27,10 +27,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tlexp import liveness
-from tlexp.errors import InvalidValue
+from tlexp.errors import ConfigError, InvalidValue
 
 RERUN = "rerun"
-"""user attr of a FAIL trial that does not count: interrupted (queued again) or over the budget."""
+"""user attr of a FAIL trial that does not count: interrupted (queued again), over the budget or refused."""
+OVER_BUDGET = "over budget"
+REFUSED = "refused"
+"""The reason of a trial whose sampled settings the config rules refused (``tlexp.race``): outside what the strategy
+accepts, so not a trial of it, and not queued again."""
 RERUN_OF = "rerun_of"
 """user attr of a queued re-run: the number of the trial it repeats, whose job directory it continues."""
 WORKER = "worker"
@@ -203,9 +207,24 @@ def release(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str)
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    if reason != "over budget":
+    if reason not in (OVER_BUDGET, REFUSED):
         study.enqueue_trial(trial.params, user_attrs={RERUN_OF: job_number(trial)})
     return True
+
+
+REFUSALS_PER_TRIAL = 5
+"""Proposals refused per trial of the budget before a search says its space is wrong for this run."""
+
+
+def refuse(study: optuna.Study, trial: optuna.Trial, refused: dict, budget: int, space: str) -> None:
+    """A proposal whose value of ``refused["key"]`` the job's config rules refused (a range that depends on the run:
+    lpft's ``probe_epochs`` below ``trainer.max_epochs``, partial's ``frozen_depth`` up to the backbone's stages) lies
+    outside what can run, so it is no trial: uncounted and not queued again, and the sampler proposes another. A
+    space (``space``, its text) that keeps yielding such values is one error naming the key and what is accepted."""
+    release(study, trial, REFUSED)
+    refusals = sum(t.user_attrs.get(RERUN) == REFUSED for t in study.get_trials(deepcopy=False))
+    if refusals >= REFUSALS_PER_TRIAL * budget:
+        raise ConfigError(refused["key"], space, refused["accepted"], f"{refusals} proposals were refused: narrow the search space")
 
 
 def heartbeat_of(study: optuna.Study) -> int | None:
@@ -273,6 +292,6 @@ def claim(study: optuna.Study, budget: int) -> optuna.Trial | None:
     trial.set_user_attr(WORKER, _worker())
     before = sum(counted(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
     if before >= budget:
-        release(study, trial, "over budget")
+        release(study, trial, OVER_BUDGET)
         return None
     return trial

@@ -254,7 +254,8 @@ def job(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> RunRecord:
     except optuna.TrialPruned as error:  # the race's pruner stopped it: a result of its settings, like diverging
         record.update(status=Status.PRUNED, error=f"pruned: {error}")
     except InvalidValue as error:
-        record.update(status=Status.FAILED, error=f"config error: {error}")
+        record.update(status=Status.FAILED, error=f"config error: {error}",
+                      refused={"key": getattr(error, "key", error.name), "value": str(error.value), "accepted": error.accepted})
         log.error("config error: %s", error)
     except Diverged as error:
         record.update(status=Status.DIVERGED, error=f"diverged: {error}", diverged=error.details)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shutil
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from tlexp import search_space, study as studies
+from tlexp.results import read_result
 
 log = logging.getLogger("tlexp.optuna")
 
@@ -48,6 +50,8 @@ class OptunaSweeper(Sweeper):
         while batch := self._claim(study):
             returns = self._launch(batch, distributions, fixed)
             for trial, ret in zip(batch, returns):
+                if self._refused(study, trial, ret, distributions, arguments):
+                    continue
                 try:
                     value = float(ret.return_value)  # re-raises the job's error
                     if math.isnan(value):
@@ -61,6 +65,20 @@ class OptunaSweeper(Sweeper):
             if failures > self.max_failure_rate * launched:
                 raise RuntimeError(f"{failures} of {launched} trials failed (hydra.sweeper.max_failure_rate={self.max_failure_rate})")
         self._write_best(study)
+
+    def _refused(self, study, trial, ret, distributions: dict, arguments: list[str]) -> bool:
+        """Whether the job refused a value this search proposed (``studies.refuse``: no trial, another is proposed)."""
+        output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+        record = read_result(output_dir) if output_dir else None
+        if not (record and record.refused and record.refused["key"] in distributions):
+            return False
+        key = record.refused["key"]
+        log.warning("trial %d: %s=%s is refused (accepted: %s): not counted, another is proposed", trial.number, key,
+                    record.refused["value"], record.refused["accepted"])
+        shutil.rmtree(output_dir, ignore_errors=True)  # not a trial: no job directory that reads as one
+        space = search_space.texts([*search_space.as_overrides(self.params or {}), *arguments]).get(key, "")
+        studies.refuse(study, trial, record.refused, self.n_trials, space)
+        return True
 
     def _claim(self, study) -> list:
         batch = []
