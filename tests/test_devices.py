@@ -48,7 +48,7 @@ def test_no_gpu_leaves_the_trainer_alone(monkeypatch):
 @pytest.mark.slow
 def test_race_workers_on_the_local_executor_get_different_gpus_and_a_share_of_the_cores(monkeypatch, tmp_path):
     """Two race workers through submitit's local executor (which sets the same CUDA_VISIBLE_DEVICES for every job and
-    no thread count): each sees its own GPU of the submitter's four, and half of its four cores as torch threads."""
+    no thread count): each sees its own GPU of the submitter's four, and half of its four cores as torch threads (OMP_NUM_THREADS)."""
     pytest.importorskip("submitit", reason="no submitit (pip install 'tlexp[sweep]')")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", FOUR)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -60,8 +60,8 @@ def test_race_workers_on_the_local_executor_get_different_gpus_and_a_share_of_th
     assert cluster == "local"
     # no launcher time limit: a week, not submitit's local default of 2 minutes, which stopped workers mid-race
     assert pool._executor.parameters["timeout_min"] == race_workers.LOCAL_TIME_LIMIT_MIN
-    show = [sys.executable, "-c",
-            "import os, torch; print(f\"gpu={os.environ['CUDA_VISIBLE_DEVICES']} threads={torch.get_num_threads()}\")"]
+    show = [sys.executable, "-c",  # OMP_NUM_THREADS: torch's thread count at start (importing torch here: 8 s of CPU each)
+            "import os; print(f\"gpu={os.environ['CUDA_VISIBLE_DEVICES']} threads={os.environ['OMP_NUM_THREADS']}\")"]
     monkeypatch.setattr(race_workers, "worker_command", lambda *_: show)
     jobs, cluster, _ = race_workers.submit(config, [], "sqlite:///x.db")
     assert [job.result().strip().splitlines()[-1] for job in jobs] == ["gpu=0 threads=2", "gpu=1 threads=2"]
