@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -112,10 +111,13 @@ class Race:
                 raise ConfigError(key, value, f"a sweep of a key the raced strategies search ({', '.join(searched)}); a setting "
                                   "they do not search takes one value per race (strategy.train_stages=[blocks.6])")
 
-    def space(self, strategy: str) -> dict:
+    def space_texts(self, strategy: str) -> dict[str, str]:
+        """{key: its space as written}: the strategy's, with the command line's for the keys it searches."""
         entries = search_space.strategy_space(strategy)
-        entries.update({k: v for k, v in self.space_overrides.items() if k in entries})
-        return search_space.parse(search_space.as_overrides(entries))[0]
+        return {**entries, **{k: v for k, v in self.space_overrides.items() if k in entries}}
+
+    def space(self, strategy: str) -> dict:
+        return search_space.parse(search_space.as_overrides(self.space_texts(strategy)))[0]
 
     def study(self, cell: str, strategy: str) -> optuna.Study:
         sampler = hydra.utils.instantiate(self.settings.sampler, _partial_=True)
@@ -145,12 +147,8 @@ class Race:
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             elif record.status == Status.COMPLETED and record.val_acc_best is not None:
                 study.tell(trial, float(record.val_acc_best), skip_if_finished=True)
-            elif record.refused and record.refused["key"] in self.spaces[strategy]:
-                log.warning("%s trial %d: %s=%s is outside what %s accepts (%s): not counted, another is proposed", strategy,
-                            trial.number, record.refused["key"], record.refused["value"], strategy, record.refused["accepted"])
-                shutil.rmtree(self.dir / subdir, ignore_errors=True)  # not a trial: no job directory that reads as one
-                space = {**search_space.strategy_space(strategy), **self.space_overrides}.get(record.refused["key"], "")
-                studies.refuse(study, trial, record.refused, int(self.settings.trials), space)
+            elif studies.refuse(study, trial, record, self.space_texts(strategy), int(self.settings.trials), self.dir / subdir):
+                pass
             else:
                 log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # counted: its settings used the budget

@@ -14,12 +14,14 @@ A release is one atomic RUNNING -> FAIL transition: of two workers releasing the
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlexp import liveness
 from tlexp.errors import ConfigError, InvalidValue
+
+log = logging.getLogger(__name__)
 
 RERUN = "rerun"
 """user attr of a FAIL trial that does not count: interrupted (queued again), over the budget or refused."""
@@ -216,15 +220,24 @@ REFUSALS_PER_TRIAL = 5
 """Proposals refused per trial of the budget before a search says its space is wrong for this run."""
 
 
-def refuse(study: optuna.Study, trial: optuna.Trial, refused: dict, budget: int, space: str) -> None:
-    """A proposal whose value of ``refused["key"]`` the job's config rules refused (a range that depends on the run:
-    lpft's ``probe_epochs`` below ``trainer.max_epochs``, partial's ``frozen_depth`` up to the backbone's stages) lies
-    outside what can run, so it is no trial: uncounted and not queued again, and the sampler proposes another. A
-    space (``space``, its text) that keeps yielding such values is one error naming the key and what is accepted."""
+def refuse(study: optuna.Study, trial: optuna.Trial, record, searched: Mapping[str, str], budget: int, job_dir) -> bool:
+    """Whether the job refused a value this search proposed (``record.refused``, a key of ``searched``: {key: its
+    space as written}). Such a value (a range that depends on the run: lpft's ``probe_epochs`` below
+    ``trainer.max_epochs``, partial's ``frozen_depth`` up to the backbone's stages) lies outside what can run, so the
+    proposal is no trial: uncounted, not queued again, its job directory removed, and the sampler proposes another. A
+    space that keeps yielding such values is one error naming the key, its space and what is accepted."""
+    refused = record.refused if record else None
+    if not (refused and refused["key"] in searched):
+        return False
+    log.warning("trial %d: %s=%s is refused (accepted: %s): not counted, another is proposed", trial.number,
+                refused["key"], refused["value"], refused["accepted"])
+    shutil.rmtree(job_dir, ignore_errors=True)  # not a trial: no job directory that reads as one
     release(study, trial, REFUSED)
     refusals = sum(t.user_attrs.get(RERUN) == REFUSED for t in study.get_trials(deepcopy=False))
     if refusals >= REFUSALS_PER_TRIAL * budget:
-        raise ConfigError(refused["key"], space, refused["accepted"], f"{refusals} proposals were refused: narrow the search space")
+        raise ConfigError(refused["key"], searched[refused["key"]], refused["accepted"],
+                          f"{refusals} proposals were refused: narrow the search space")
+    return True
 
 
 def heartbeat_of(study: optuna.Study) -> int | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import shutil
 from typing import Any
 
 from hydra.core.plugins import Plugins
@@ -69,16 +68,11 @@ class OptunaSweeper(Sweeper):
     def _refused(self, study, trial, ret, distributions: dict, arguments: list[str]) -> bool:
         """Whether the job refused a value this search proposed (``studies.refuse``: no trial, another is proposed)."""
         output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
-        record = read_result(output_dir) if output_dir else None
-        if not (record and record.refused and record.refused["key"] in distributions):
+        if not output_dir:
             return False
-        key = record.refused["key"]
-        log.warning("trial %d: %s=%s is refused (accepted: %s): not counted, another is proposed", trial.number, key,
-                    record.refused["value"], record.refused["accepted"])
-        shutil.rmtree(output_dir, ignore_errors=True)  # not a trial: no job directory that reads as one
-        space = search_space.texts([*search_space.as_overrides(self.params or {}), *arguments]).get(key, "")
-        studies.refuse(study, trial, record.refused, self.n_trials, space)
-        return True
+        texts = search_space.texts([*search_space.as_overrides(self.params or {}), *arguments])
+        searched = {key: text for key, text in texts.items() if key in distributions}
+        return studies.refuse(study, trial, read_result(output_dir), searched, self.n_trials, output_dir)
 
     def _claim(self, study) -> list:
         batch = []
