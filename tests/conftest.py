@@ -28,13 +28,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
-from tlexp.strategies import STRATEGIES as STRATEGY_REGISTRY
+from tlexp.strategies import NAMES as STRATEGIES
 
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -46,7 +45,6 @@ PYTHON = sys.executable
 TINY = ("model=tiny", "data=synthetic", "logger=csv", "trainer.max_epochs=2", "trainer.enable_progress_bar=false")
 """The overrides every test run starts from; a test's own overrides of the same key replace them."""
 
-STRATEGIES = tuple(STRATEGY_REGISTRY)
 SWEEP_FRACTION = 0.5
 
 NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
@@ -85,6 +83,8 @@ def pytest_configure(config):
     if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, len(os.sched_getaffinity(0)) // WORKERS)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch  # here, in a worker: the xdist controller, which runs no test, starts its workers without it
+
         torch.set_num_threads(threads)
     if WORKER is not None and getattr(config.option, "loadgroup", False):
         config.pluginmanager.register(GroupSuffix(), "tlexp-xdist-group-suffix")
