@@ -14,6 +14,7 @@ computed once for all workers (``once_per_suite``), and the tests that read ``st
 from __future__ import annotations
 
 import _posixsubprocess
+import atexit
 import contextlib
 import copy
 import csv
@@ -79,15 +80,31 @@ def pytest_xdist_auto_num_workers(config):
 
 def pytest_configure(config):
     """Under xdist, each worker and the processes it starts (``OMP_NUM_THREADS``) take their share of the cores
-    as torch threads, unless OMP_NUM_THREADS is set already."""
+    as torch threads, unless OMP_NUM_THREADS is set already. torch is imported here, in a process that runs tests,
+    not at this module's import: the xdist controller runs none and starts its workers without it (11 s sooner),
+    and a test is not charged with the programs torch's import starts (``ldconfig``, see ``in_process_only``)."""
+    if WORKER is None and config.getoption("numprocesses", None):
+        return  # the xdist controller
+    import torch
+
     if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, len(os.sched_getaffinity(0)) // WORKERS)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch  # here, in a worker: the xdist controller, which runs no test, starts its workers without it
-
         torch.set_num_threads(threads)
     if WORKER is not None and getattr(config.option, "loadgroup", False):
         config.pluginmanager.register(GroupSuffix(), "tlexp-xdist-group-suffix")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """An xdist worker, its results sent (``workerfinished``), runs its exit handlers and leaves without tearing the
+    interpreter down: freeing what torch, Lightning and the tests left took 2-4 s a worker, which the controller
+    waited for before it printed the summary."""
+    if WORKER is not None:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
@@ -195,6 +212,13 @@ test_race_postgres.py)."""
 QUICK_PROGRAMS = frozenset({"true", "make"})
 """Programs a fast test may start: they take milliseconds (a pid that has exited, the Makefile's logic)."""
 
+FAST_FITS = 4
+"""Models a fast test may train (``Trainer.fit``), none of them as a sweep's job: a run and its interrupted and resumed
+copies, or a few settings side by side. A study (a sweep, a search, a race, a benchmark section) is slow."""
+
+FITS = pytest.StashKey[list]()
+"""``[models trained]`` by the test, its setup and its call together."""
+
 
 @contextlib.contextmanager
 def in_process_only(item):
@@ -203,31 +227,49 @@ def in_process_only(item):
     ``make test-fast`` runs in the pytest process. Python starts programs through ``_posixsubprocess.fork_exec``
     (``subprocess`` keeps its own reference; asyncio's subprocesses go through ``subprocess``, multiprocessing's spawn
     and forkserver through the module) or ``os.posix_spawn``; a plain ``os.fork`` (a DataLoader's workers) starts no
-    program and is allowed."""
+    program and is allowed. So does training more than ``FAST_FITS`` models, or any as a sweep's job (a study)."""
     if item.get_closest_marker("slow"):
         yield
         return
+
+    def refuse(what: str):
+        pytest.fail(f"{item.nodeid} {what} but is not marked slow: make test-fast starts no program but "
+                    f"{', '.join(sorted(QUICK_PROGRAMS))} and trains at most {FAST_FITS} models, none as a sweep's job",
+                    pytrace=False)
 
     def guarded(start, program_of):
         def start_if_quick(*args, **kwargs):
             program = os.path.basename(os.fsdecode(program_of(args)))
             if program not in QUICK_PROGRAMS:
-                pytest.fail(f"{item.nodeid} starts {program} but is not marked slow: make test-fast starts no program "
-                            f"but {', '.join(sorted(QUICK_PROGRAMS))}", pytrace=False)
+                refuse(f"starts {program}")
             return start(*args, **kwargs)
         return start_if_quick
+
+    from hydra.types import RunMode
+    from lightning.pytorch import Trainer
+
+    fits = item.stash.setdefault(FITS, [0])  # a fixture's training counts
+
+    def counted_fit(trainer, *args, _fit=Trainer.fit, **kwargs):
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            refuse(f"trains a sweep's job ({HydraConfig.get().job.override_dirname or 'no overrides'})")
+        fits[0] += 1
+        if fits[0] > FAST_FITS:
+            refuse(f"trains {fits[0]} models")
+        return _fit(trainer, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         for owner, name in ((_posixsubprocess, "fork_exec"), (subprocess, "_fork_exec")):  # (argv, executables, ...)
             patch.setattr(owner, name, guarded(getattr(owner, name), lambda args: args[0][0]))
         for name in ("posix_spawn", "posix_spawnp"):  # (path, argv, env, ...)
             patch.setattr(os, name, guarded(getattr(os, name), lambda args: args[0]))
+        patch.setattr(Trainer, "fit", counted_fit)
         yield
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    with in_process_only(item):  # a session fixture built for a fast test counts (a database server)
+    with in_process_only(item):  # a session fixture built for a fast test counts (a database server, a teacher run)
         return (yield)
 
 

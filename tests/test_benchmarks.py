@@ -61,6 +61,7 @@ def benchmark_results() -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_throughput(benchmark_results):
     t = benchmark_results["throughput"]
     for strategy in ("full", "partial"):
@@ -69,6 +70,7 @@ def test_throughput(benchmark_results):
     assert all(positive(*ms) for ms in t["tiny_ms_per_step"].values())
 
 
+@pytest.mark.slow
 def test_cache_trains_the_same_head(benchmark_results):
     c = benchmark_results["cache"]
     assert c["heads_allclose"] is True
@@ -77,12 +79,14 @@ def test_cache_trains_the_same_head(benchmark_results):
     assert c["cached"]["val_acc"] == pytest.approx(c["uncached"]["val_acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_gradual_against_backbone_finetuning(benchmark_results):
     g = benchmark_results["gradual"]
     assert set(g) == {"tlexp_gradual", "lightning_backbone_finetuning"}
     assert all(len(v["epoch_s"]) == EPOCHS and len(v["val_acc"]) == EPOCHS for v in g.values())
 
 
+@pytest.mark.slow
 def test_depths_in_process(benchmark_results):
     rows = benchmark_results["depths"]
     params = [r["trainable_params"] for r in rows]
@@ -91,6 +95,7 @@ def test_depths_in_process(benchmark_results):
     assert all(positive(r["step_s"], r["rss_peak_mb"], r["maxrss_mb"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_markdown_keeps_the_format_of_docs_benchmarks(benchmark_results):
     results = {**benchmark_results, "sweep": sweep.summarize(stamps(), started=100.0, ended=130.0, logger="csv")}
     text = report.markdown(results, TINY)
@@ -169,6 +174,7 @@ def test_pipeline_section_reads_a_generated_folder_with_each_worker_count():
     assert text[0].startswith("### 5. Input pipeline") and sum("workers |" in line for line in text) == 3
 
 
+@pytest.mark.slow
 def test_prefix_section_pairs_cached_and_uncached_runs():
     from dataclasses import replace
 

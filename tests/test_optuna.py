@@ -99,6 +99,7 @@ def test_a_strategy_without_a_space_is_named():
         search_space.strategy_space("nope")
 
 
+@pytest.mark.slow
 def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
     """2 trials of strategy=gradual in an SQLite study; the same command again (the config sets hydra.mode=MULTIRUN)
     keeps them and runs none again; a larger budget adds a trial with new settings. lr_ratio and unfreeze_by reach the
@@ -123,6 +124,7 @@ def test_a_search_with_a_storage_continues(tmp_path, main_inprocess):
     assert best["best_value"] == pytest.approx(max(r["val_acc_best"] for r in records.values()))
 
 
+@pytest.mark.slow
 def test_a_proposal_the_strategy_refuses_costs_no_trial(tmp_path, main_inprocess):
     """lpft's probe_epochs must leave an epoch to fine-tune: proposals of 2 or 3 in a 2-epoch search are refused by the
     strategy, not counted and leave no job directory; the 2 trials of the budget are runnable ones."""

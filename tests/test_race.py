@@ -113,6 +113,7 @@ def test_a_killed_trial_is_run_again_and_counted_once(tmp_path):
 LPFT_SEARCH = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.seeds=0", "race.strategies=[lpft]", NO_REPORT)
 
 
+@pytest.mark.slow
 def test_a_proposal_the_strategy_refuses_costs_no_budget(tmp_path, main_inprocess):
     """A sampled value the strategy's rules refuse for this run (lpft's probe_epochs >= trainer.max_epochs) is not a
     trial: uncounted, no job directory, another proposed, so every strategy gets its whole budget of runnable trials."""
@@ -149,6 +150,7 @@ def test_the_command_line_splits_into_cells_and_search_spaces():
 RACE = ("experiment=race", "data.fraction=0.25", "trainer.max_epochs=2", "race.trials=2", "race.seeds=2", "race.strategies=[frozen,full]")
 
 
+@pytest.mark.slow
 def test_a_race_end_to_end_and_continued(tmp_path, main_inprocess):
     """frozen and full, 2 trials each, confirmed on 2 seeds: race.json holds what the studies and the jobs hold;
     the same command again runs nothing new and gives the same verdict."""

@@ -44,9 +44,10 @@ def test_a_trial_whose_heartbeat_stopped_is_run_again_once(postgres):
     assert len(one.get_trials(states=(TrialState.WAITING,))) == 0 and studies.reap(one) == 0
 
 
-def test_an_unreachable_database_is_one_error(tmp_path, main_inprocess):
+def test_an_unreachable_database_is_one_error(tmp_path, main_inprocess, monkeypatch):
     """No server at the URL: the storage is tried 5 times, then one line names race.storage, the URL (no password) and
-    the driver's reason; nothing is written."""
+    the driver's reason; nothing is written. (The waits between attempts, 5 s, are left out.)"""
+    monkeypatch.setattr(studies, "RETRY_WAIT", 0.0)
     url = "postgresql://me:secret@127.0.0.1:1/race"
     code, output = main_inprocess(tmp_path / "run", "experiment=race", f"race.storage={url}", f"hydra.sweep.dir={tmp_path / 'race'}")
     assert code != 0 and "tlexp: error: race.storage: cannot open the Optuna storage postgresql" in output

@@ -54,6 +54,7 @@ def test_resume_matches_the_uninterrupted_run(tmp_path):
     assert resume_differences(tmp_path, Surgical, train_stages=["blocks.1", "blocks.4"]) == []
 
 
+@pytest.mark.slow
 def test_a_multirun_sweeps_the_stage_set(tmp_path, main_inprocess):
     """``train.py -m strategy=surgical 'strategy.train_stages=[stem],[blocks.3,5]'``: one job per list (Hydra's grammar:
     a comma between lists sweeps them; quoted for the shell, whose globbing would read the brackets)."""
@@ -66,6 +67,7 @@ def test_a_multirun_sweeps_the_stage_set(tmp_path, main_inprocess):
     assert all(r["status"] == "completed" and r["strategy"] == "surgical" for r in records)
 
 
+@pytest.mark.slow
 def test_a_race_of_surgical_at_a_chosen_stage_set(tmp_path, main_inprocess):
     """``train.py -m experiment=race 'race.strategies=[surgical]' strategy=surgical 'strategy.train_stages=[blocks.4]'``:
     the race searches the rates, every trial and confirmation trains that stage set (a swept stage set is refused:

@@ -121,6 +121,11 @@ def storage(url: str | None, heartbeat: int | None = None):
     return rdb_storage(check_url(url), heartbeat=heartbeat or None)
 
 
+RETRY_WAIT = 0.5
+"""Seconds ``rdb_storage`` waits before its second attempt, and more by as much before each later one (5 attempts: 5 s
+in all, time for a database server that is starting to answer)."""
+
+
 def rdb_storage(url: str, attempts: int = 5, heartbeat: int | None = None) -> optuna.storages.RDBStorage:
     """``RDBStorage(url)``, tried again when another worker is creating the same new database at the same moment
     (both insert its schema's version row: one of them gets an IntegrityError, or SQLite's "database is locked")
@@ -138,7 +143,7 @@ def rdb_storage(url: str, attempts: int = 5, heartbeat: int | None = None) -> op
                 reason = " ".join(str(getattr(error, "orig", None) or error).split())
                 raise StorageUnreachable(f"cannot open the Optuna storage {shown(url)} ({attempts} attempts in "
                                          f"{time.monotonic() - start:.0f} s): {reason}") from error
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(RETRY_WAIT * (attempt + 1))
 
 
 class PerTrialSeed(optuna.samplers.BaseSampler):
