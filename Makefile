@@ -63,7 +63,7 @@ lint: setup ## ruff check . (pyflakes and pycodestyle errors and warnings, lines
 test: setup data browser lint ## set up, lint, then run the whole test suite (CPU, on pytest-xdist workers: one per core and one more)
 	$(BIN)/pytest -q
 
-test-fast: setup ## the tests that run in the pytest process: no train.py, server, browser or worker started
+test-fast: setup ## the tests that run in the pytest process: no train.py, server, browser or worker started, no study trained
 	$(BIN)/pytest -q -m "not slow"
 
 clean: ## remove run outputs (logs/, wandb/), keep .venv and data

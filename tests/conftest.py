@@ -59,7 +59,7 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 FAST_TIER = "not slow"
-"""``make test-fast``'s ``-m``: the tests that run in the pytest process (``in_process_only``)."""
+"""``make test-fast``'s ``-m``: the tests that run in the pytest process and train no study (``in_process_only``)."""
 
 ONE_WORKER_FIXTURES = ("strategy_sweep", "ddp_multirun", "postgres", "cache_workers", "benchmark_results")
 """Session and module fixtures whose tests form one xdist group: one worker computes the fixture and runs them all,
