@@ -99,7 +99,8 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     """An xdist worker, its results sent (``workerfinished``), runs its exit handlers and leaves without tearing the
     interpreter down: freeing what torch, Lightning and the tests left took 2-4 s a worker, which the controller
-    waited for before it printed the summary."""
+    waited for before it printed the summary. pytest's cleanups after this hook (capture, the unraisable-exception
+    check) are skipped with it: their results could no longer reach the controller."""
     if WORKER is not None:
         atexit._run_exitfuncs()
         sys.stdout.flush()

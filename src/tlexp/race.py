@@ -147,9 +147,7 @@ class Race:
                 study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             elif record.status == Status.COMPLETED and record.val_acc_best is not None:
                 study.tell(trial, float(record.val_acc_best), skip_if_finished=True)
-            elif studies.refuse(study, trial, record, self.space_texts(strategy), int(self.settings.trials), self.dir / subdir):
-                pass
-            else:
+            elif not studies.refuse(study, trial, record, self.space_texts(strategy), int(self.settings.trials), self.dir / subdir):
                 log.warning("%s trial %d failed: %s", strategy, trial.number, record.error or f"status {record.status}")
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # counted: its settings used the budget
         return study
