@@ -475,9 +475,11 @@ def _strategy_sweep(sweep_dir: Path) -> dict:
                        multirun=True, check=False)
     runs = {read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")}
     alone["distill"] = f"strategy.teacher={runs['full']}" if "full" in runs else "strategy.teacher=none"
-    for name, setting in alone.items():
+    for name, setting in alone.items():  # in this process: train.py's entry point, without another process's imports
         if result.returncode == 0:
-            result = run_train(sweep_dir / name, f"strategy={name}", setting, *common, check=False)
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                code, output = call_main(monkeypatch, sweep_dir / name, f"strategy={name}", setting, *common)
+            result = subprocess.CompletedProcess([f"main(strategy={name})"], code, output)
     runs.update({read_json(path)["strategy"]: path.parent for path in sweep_dir.glob("*/result.json")})
     return {"args": result.args, "returncode": result.returncode, "stdout": result.stdout,
             "runs": {name: str(path) for name, path in runs.items()}}
@@ -487,7 +489,8 @@ def _strategy_sweep(sweep_dir: Path) -> dict:
 def strategy_sweep(tmp_path_factory):
     """Every strategy through one ``train.py -m`` (one process, so the imports are paid once):
     tiny/synthetic, 2 epochs, ``data.fraction=0.5``, seed 42, lr logged every step; then ``distill``,
-    whose teacher is that sweep's ``full`` run, and ``dann`` with ``data.target_domain=invert``.
+    whose teacher is that sweep's ``full`` run, and ``dann`` with ``data.target_domain=invert``, each through
+    train.py's entry point in this process (``call_main``).
 
     Returns (CompletedProcess of the sweep, or of distill where the sweep passed, {strategy: run dir}). The run
     directories are read-only: tests that read one leave it as the sweep wrote it (a test that trains or writes

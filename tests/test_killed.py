@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, read_json, run_train, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, read_json, subprocess_env
 from tlexp import liveness
 from tlexp.callbacks import Heartbeat
 from tlexp.report import generate
@@ -146,7 +146,9 @@ def _epochs_done(job_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_training_reads_as_killed_and_the_rerun_resumes_with_its_history(tmp_path):
+def test_kill_9_mid_training_reads_as_killed_and_the_rerun_resumes_with_its_history(tmp_path, main_inprocess):
+    """A real train.py killed with SIGKILL; the re-run goes through train.py's entry point in this process (it is
+    another process, as a re-run is, and its record must say so)."""
     sweep, run = tmp_path / "sweep", ("trainer.max_epochs=3", "hydra.sweep.subdir=job", NO_REPORT)  # the report: generate below
     job = sweep / "job"
     args = merge_overrides(*run, f"paths.data_dir={sweep / 'data'}", f"hydra.sweep.dir={sweep}")
@@ -168,12 +170,13 @@ def test_kill_9_mid_training_reads_as_killed_and_the_rerun_resumes_with_its_hist
     generate(sweep, figures=False)
     assert json.loads((sweep / "report.json").read_text())["tables"]["unfinished"][0]["status"] == "killed"
 
-    again = run_train(sweep, *run, multirun=True)
-    assert f"previous attempt was killed from outside after epoch {done} of 3" in again.stdout
-    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in again.stdout
+    code, again = main_inprocess(sweep, *run, "hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}")
+    assert code == 0, again[-4000:]
+    assert f"previous attempt was killed from outside after epoch {done} of 3" in again
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in again
     final = read_json(job / "result.json")
     assert final["status"] == "completed" and final["epochs_done"] == 3 and final["pid"] != child.pid
     [attempt] = final["attempts"]
     assert attempt["status"] == "killed" and attempt["epochs_done"] == done and attempt["pid"] == child.pid
     summary = read_json(sweep / "sweep_summary.json")
-    assert summary["completed"][0]["earlier_attempts"] == ["killed"] and "after earlier attempts: killed" in again.stdout
+    assert summary["completed"][0]["earlier_attempts"] == ["killed"] and "after earlier attempts: killed" in again
