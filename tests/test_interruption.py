@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,10 +18,23 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, once_per_suite, read_json, run_train, subprocess_env
+from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, once_per_suite, read_json, read_metrics, run_train, subprocess_env
 from test_finetuning import build, trainer
 from tlexp.callbacks import Interrupted, Interruption
+from tlexp.resume import continue_history
 from tlexp.strategies import Gradual
+
+TIME_COLUMNS = ("time/epoch_s", "time/elapsed_s")
+
+
+def history(run_dir: Path) -> list[dict]:
+    """metrics.csv without the columns that measure time."""
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in read_metrics(run_dir)]
+
+
+def validation(run_dir: Path) -> list[dict]:
+    """The validation rows of a run's metrics.csv: one per epoch trained."""
+    return [row for row in history(run_dir) if "val/acc" in row]
 
 
 class SignalAt(Callback):
@@ -58,6 +72,55 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(tmp_path, signum):
     trainer(epochs, tmp_path / "c").fit(resumed, datamodule=datamodule, ckpt_path=checkpoint)
     final = resumed.state_dict()
     assert [k for k in final if not torch.equal(final[k], uninterrupted[k])] == []
+
+
+def test_a_resumed_run_keeps_the_history_logged_before_its_checkpoint(tmp_path, run_task):
+    """Resumed in its own directory (a sweep's job) or in a new one (a single run's twin), metrics.csv keeps the rows
+    logged before the interruption (Lightning's CSVLogger deletes the file of a directory in use, and a new directory
+    starts empty): the first epoch as the uninterrupted run logged it, every epoch's validation, no row twice. Not
+    kept: the row of the step the signal stopped (it is not logged), and the interrupted epoch's means of train/loss
+    and train/acc cover only its batches after the resume."""
+    run = ("strategy=gradual", "trainer.max_epochs=3", "trainer.log_every_n_steps=1")
+    run_task(tmp_path / "uninterrupted", *run)
+    expected = history(tmp_path / "uninterrupted")
+    first_epoch = max(row["step"] for row in expected if row["epoch"] == 0)
+    with pytest.raises(Interrupted) as stopped:
+        run_task(tmp_path / "job", *run, callbacks=[SignalAt(first_epoch + 2)])  # in the middle of the second epoch
+    assert stopped.value.epoch == 1
+    shutil.copytree(tmp_path / "job", tmp_path / "first")  # the twin's interrupted run, as the job left it
+    run_task(tmp_path / "job", *run, ckpt_path=str(stopped.value.checkpoint))
+    run_task(tmp_path / "twin", *run, ckpt_path=str(tmp_path / "first" / "checkpoints" / stopped.value.checkpoint.name))
+
+    for run_dir in ("job", "twin"):
+        resumed = history(tmp_path / run_dir)
+        assert [row for row in resumed if row["epoch"] == 0] == [row for row in expected if row["epoch"] == 0]
+        assert validation(tmp_path / run_dir) == validation(tmp_path / "uninterrupted")
+        assert len(validation(tmp_path / run_dir)) == 3
+        keys = [(row["step"], tuple(sorted(row))) for row in resumed]
+        assert len(keys) == len(set(keys))
+
+
+def test_rows_logged_after_the_checkpoint_are_left_to_the_resumed_run(tmp_path):
+    """A job killed after its last checkpoint had logged more steps: the resumed run logs them again, once."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    killed = tmp_path / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 1, "global_step": 8}, killed / "checkpoints" / "last.ckpt")
+    # Lightning's step column: a training row, the optimizer steps before its batch; a validation row, those before
+    # the epoch's last batch. Four batches an epoch; the checkpoint after two epochs; killed during the third.
+    rows = [(0, 2, "train/loss"), (0, 3, "train/loss"), (0, 3, "val/acc"), (1, 7, "train/loss"), (1, 7, "val/acc"),
+            (2, 8, "train/loss"), (2, 9, "train/loss")]
+    (killed / "metrics.csv").write_text("epoch,step,train/loss,val/acc\n" + "".join(
+        f"{epoch},{step},{'0.5,' if key == 'train/loss' else ',0.5'}\n" for epoch, step, key in rows))
+    for run_dir in (killed, tmp_path / "twin"):
+        logger = CSVLogger(save_dir=run_dir, name="", version="")
+        continue_history([logger], killed / "checkpoints" / "last.ckpt")
+        assert [(row["epoch"], row["step"]) for row in read_metrics(run_dir)] == [(0, 2), (0, 3), (0, 3), (1, 7), (1, 7)]
+        logger.log_metrics({"epoch": 2, "train/loss": 0.25, "train/acc": 1.0}, step=8)
+        logger.save()
+        assert read_metrics(run_dir)[-1] == {"epoch": 2, "step": 8, "train/loss": 0.25, "train/acc": 1.0}
+        assert read_metrics(run_dir)[2] == {"epoch": 0, "step": 3, "val/acc": 0.5}
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -116,6 +179,7 @@ def test_single_run_interrupted_by_ctrl_c_resumes_when_run_again(tmp_path, reque
     final, expected = (_weights(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt"),
                        _weights(reference_dir / "checkpoints" / "last.ckpt"))
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
+    assert validation(tmp_path / "runs" / "second") == validation(reference_dir)  # the history continued, all 12 epochs
 
 
 @pytest.mark.slow
@@ -142,7 +206,7 @@ def test_submitit_job_killed_mid_run_resumes_when_the_sweep_runs_again(tmp_path,
     reference_dir, returncode = request.getfixturevalue("reference")
     final, expected = _weights(job_dir / "checkpoints" / "last.ckpt"), _weights(reference_dir / "checkpoints" / "last.ckpt")
     assert [k for k in expected if not torch.equal(final[k], expected[k])] == []
-    assert returncode == 0
+    assert returncode == 0 and validation(job_dir) == validation(reference_dir)
 
 
 @pytest.mark.slow
@@ -164,6 +228,7 @@ def test_job_killed_without_a_word_resumes_from_its_last_checkpoint(tmp_path, ma
     assert code == 0 and resumed["status"] == "completed"
     assert resumed["resumed_from"] == str(job_dir / "checkpoints" / "last.ckpt")
     assert "resuming the interrupted job" in again and summary["counts"]["completed"] == 1
+    assert [row["epoch"] for row in read_metrics(job_dir) if "val/acc" in row] == [0, 1]  # what the killed job logged
 
 
 class StalledValAcc(BoringModel):

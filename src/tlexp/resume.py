@@ -8,10 +8,17 @@ same command or sweep again resumes it instead of starting over.
 
 from __future__ import annotations
 
+import csv
+import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
+
 from tlexp.callbacks.interruption import INTERRUPTED_CHECKPOINT
-from tlexp.results import FINAL_STATUSES, Status, read_result
+from tlexp.results import FINAL_STATUSES, HISTORY_FILE, Status, read_result
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -40,3 +47,42 @@ def find_interrupted_run(runs_dir: Path, overrides: list[str], current: Path) ->
                 and sorted(record.overrides or []) == sorted(overrides) and resume_checkpoint(job_dir)):
             candidates.append(job_dir)
     return max(candidates, key=lambda d: (d / "result.json").stat().st_mtime) if candidates else None
+
+
+@rank_zero_only
+def continue_history(loggers: Sequence[Logger], checkpoint: str | Path) -> None:
+    """A run resumed from ``checkpoint`` continues the ``metrics.csv`` of the run directory that wrote it (its own,
+    or the interrupted twin's), which Lightning's CSVLogger would delete (a directory in use) or start empty (a new
+    one). Rows logged after the checkpoint (by a job killed after its last checkpoint) are left out: the resumed run
+    logs those steps again."""
+    source = Path(checkpoint).parent.parent / HISTORY_FILE
+    if not source.is_file():
+        return
+    try:  # mmap: the two numbers without reading the weights and optimizer state
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file of torch's legacy format cannot be mapped
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # not plain tensors and values: the fit refuses it, naming ckpt_path
+        return
+    steps = saved.get("global_step", 0)
+    with source.open(newline="") as file:
+        reader = csv.DictReader(file)
+        columns = sorted(reader.fieldnames or [])  # Lightning's writer keeps its header sorted
+        rows = [row for row in reader if _step(row) < steps]
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            writer = logger.experiment  # created now: it deletes its directory's metrics.csv, the source included
+            with open(writer.metrics_file_path, "w", newline="") as file:
+                out = csv.DictWriter(file, fieldnames=columns)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = list(columns)  # the header Lightning's writer appends under
+
+
+def _step(row: dict) -> float:
+    """Lightning's ``step`` column: the optimizer steps before the batch a training row was logged in, or before
+    the epoch's last batch for a validation or epoch row; inf where a row has none."""
+    try:
+        return float(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return float("inf")

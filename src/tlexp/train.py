@@ -30,7 +30,7 @@ from tlexp.callbacks import Diverged, DivergenceGuard, EpochSeeder, EpochTimer, 
 from tlexp.errors import ConfigError, InvalidValue, fail
 from tlexp.feature_cache import callbacks_for as cache_callbacks
 from tlexp.loggers import build_loggers, finish_wandb
-from tlexp.resume import CHECKPOINT_DIR, find_interrupted_run, resumable, resume_checkpoint
+from tlexp.resume import CHECKPOINT_DIR, continue_history, find_interrupted_run, resumable, resume_checkpoint
 from tlexp.results import DONE_STATUSES, RunRecord, Status, read_result, write_result
 from tlexp.strategies import strategy_name, target_name
 from tlexp.trusted_files import refusal
@@ -130,6 +130,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None, *, callbacks: S
         fields = {**settings(datamodule, module, trainer), "seed": cfg.seed, **derived,
                   "skipped_files": len(getattr(datamodule, "skipped_files", ()))}
         progress(**fields)
+        if ckpt_path:  # before the loggers write: Lightning's CSVLogger deletes a metrics.csv it finds
+            continue_history(trainer.loggers, ckpt_path)
         for logger in trainer.loggers:
             logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "derived": derived})
         fitted, metrics = fit(cfg, trainer, datamodule, module, ckpt_path)
