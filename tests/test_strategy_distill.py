@@ -104,4 +104,6 @@ def test_distill_end_to_end_and_resume(tmp_path, teacher_run, main_direct):
     assert code == 0, output[-6000:]
     record = read_json(resumed / "result.json")
     assert record["status"] == "completed" and record["resumed_from"]
-    assert {int(row["epoch"]) for row in read_metrics(resumed) if "train/loss_kl" in row} == {1}
+    history = read_metrics(resumed)  # the first run's epoch (continued history), then the resumed run's
+    assert {int(row["epoch"]) for row in history if "train/loss_kl" in row} == {0, 1}
+    assert [row for row in history if row["epoch"] == 0] == [row for row in read_metrics(first) if row["epoch"] == 0]
