@@ -427,6 +427,15 @@ def read_metrics(run_dir) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
+TIME_COLUMNS = ("time/epoch_s", "time/elapsed_s")
+"""The metrics.csv columns that measure time: they differ between runs that train the same."""
+
+
+def timeless(rows: list[dict]) -> list[dict]:
+    """metrics.csv rows without the ``TIME_COLUMNS``: what two runs that train the same have in common."""
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in rows]
+
+
 def metric_columns(run_dir) -> list[str]:
     with open(Path(run_dir) / "metrics.csv", newline="") as handle:
         return next(csv.reader(handle))

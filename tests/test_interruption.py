@@ -18,18 +18,17 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from conftest import NO_REPORT, PYTHON, REPO, merge_overrides, once_per_suite, read_json, read_metrics, run_train, subprocess_env
+from conftest import (NO_REPORT, PYTHON, REPO, merge_overrides, once_per_suite, read_json, read_metrics, run_train, subprocess_env,
+                      timeless)
 from test_finetuning import build, trainer
 from tlexp.callbacks import Interrupted, Interruption
 from tlexp.resume import continue_history
 from tlexp.strategies import Gradual
 
-TIME_COLUMNS = ("time/epoch_s", "time/elapsed_s")
-
 
 def history(run_dir: Path) -> list[dict]:
     """metrics.csv without the columns that measure time."""
-    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in read_metrics(run_dir)]
+    return timeless(read_metrics(run_dir))
 
 
 def validation(run_dir: Path) -> list[dict]:
