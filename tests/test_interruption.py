@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -114,7 +115,10 @@ def test_rows_logged_after_the_checkpoint_are_left_to_the_resumed_run(tmp_path):
         f"{epoch},{step},{'0.5,' if key == 'train/loss' else ',0.5'}\n" for epoch, step, key in rows))
     for run_dir in (killed, tmp_path / "twin"):
         logger = CSVLogger(save_dir=run_dir, name="", version="")
-        continue_history([logger], killed / "checkpoints" / "last.ckpt")
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            continue_history([logger], killed / "checkpoints" / "last.ckpt")
+        assert not [w for w in warned if "will be deleted" in str(w.message)]  # Lightning's warning: untrue here
         assert [(row["epoch"], row["step"]) for row in read_metrics(run_dir)] == [(0, 2), (0, 3), (0, 3), (1, 7), (1, 7)]
         logger.log_metrics({"epoch": 2, "train/loss": 0.25, "train/acc": 1.0}, step=8)
         logger.save()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def continue_history(loggers: Sequence[Logger], checkpoint: str | Path) -> None:
         rows = [row for row in reader if _step(row) < steps]
     for logger in loggers:
         if isinstance(logger, CSVLogger):
-            writer = logger.experiment  # created now: it deletes its directory's metrics.csv, the source included
+            with warnings.catch_warnings():  # "Previous log files in this directory will be deleted": kept, below
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+                writer = logger.experiment  # created now: it deletes its directory's metrics.csv, the source included
             with open(writer.metrics_file_path, "w", newline="") as file:
                 out = csv.DictWriter(file, fieldnames=columns)
                 out.writeheader()
