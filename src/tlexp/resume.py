@@ -9,17 +9,16 @@ same command or sweep again resumes it instead of starting over.
 from __future__ import annotations
 
 import csv
-import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from tlexp.callbacks.interruption import INTERRUPTED_CHECKPOINT
 from tlexp.results import FINAL_STATUSES, HISTORY_FILE, Status, read_result
+from tlexp.trusted_files import UntrustedFile, load_tensors
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -60,10 +59,10 @@ def continue_history(loggers: Sequence[Logger], checkpoint: str | Path) -> None:
     if not source.is_file():
         return
     try:  # mmap: the two numbers without reading the weights and optimizer state
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        saved = load_tensors(checkpoint, "checkpoint", mmap=True)
     except RuntimeError:  # a file of torch's legacy format cannot be mapped
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # not plain tensors and values: the fit refuses it, naming ckpt_path
+        saved = load_tensors(checkpoint, "checkpoint")
+    except UntrustedFile:  # not plain tensors and values: the fit refuses it, naming ckpt_path
         return
     steps = saved.get("global_step", 0)
     with source.open(newline="") as file:
